@@ -1,0 +1,143 @@
+"""The ``thpsim`` command line: a thin layer over the Python API.
+
+Errors from bad input are printed as one line (``thpsim: error: ...``) with
+exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys as _sys
+
+from rich.console import Console
+from rich.table import Table
+
+from thpsim import __version__
+from thpsim.mm.settings import POLICIES
+from thpsim.system import DEFAULT_POLICY, System
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+def _apply_settings(sys_: System, pairs: list[str]) -> None:
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--settings {pair!r}: expected PATH=VALUE")
+        path, value = pair.split("=", 1)
+        try:
+            sys_.settings.write(path, value)
+        except OSError as e:
+            raise UsageError(f"--settings {pair!r}: {e.strerror or e}") from None
+
+
+# --- demo ---------------------------------------------------------------------------
+DEMO_CASES = (
+    ("defaults (2M inherit, enabled=always)", {}),
+    ("64K always, 2M never", {"hugepages-64kB/enabled": "always",
+                              "hugepages-2048kB/enabled": "never"}),
+    ("16K..1M always, 2M never", {f"hugepages-{kb}kB/enabled": "always"
+                                  for kb in (16, 32, 64, 128, 256, 512, 1024)}
+     | {"hugepages-2048kB/enabled": "never"}),
+    ("all never", {"enabled": "never"}),
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Fault the same access pattern under several mTHP settings and show the result."""
+    console = Console()
+    pattern = "pages 0-63 written, every 16th page of 64-255 written, 300-303 read"
+    console.print(f"[bold]thpsim demo[/bold]: one 2 MiB-aligned region; {pattern}\n")
+    table = Table(title="Folios per size after the faults")
+    table.add_column("settings")
+    table.add_column("folios (first-last:order x count)")
+    table.add_column("RSS kB", justify="right")
+    for label, knobs in DEMO_CASES:
+        s = System(memory="512M", policy=args.policy)
+        s.settings.apply(knobs)
+        p = s.spawn()
+        a = p.mmap(2 << 20)
+        p.touch(a, pages=range(64))
+        p.touch(a, pages=range(64, 256, 16))
+        p.touch(a, pages=range(300, 304), write=False)
+        table.add_row(label, p.layout(a).pmds[0].summary(), str(p.rss_anon * 4))
+        if args.verbose:
+            console.print(f"[bold]{label}[/bold]\n{p.layout(a).render()}\n")
+    console.print(table)
+    console.print("oN = folio of order N (o9 = PMD-mapped 2M THP); zero = 4K zero page")
+    return 0
+
+
+# --- layout -------------------------------------------------------------------------------
+def cmd_layout(args: argparse.Namespace) -> int:
+    """Build a region from an access pattern and print its layout."""
+    s = System(memory=args.memory, page_size=args.page_size, policy=args.policy)
+    _apply_settings(s, args.settings or [])
+    p = s.spawn()
+    g = s.geometry
+    length = args.pmds * g.pmd_size
+    a = p.mmap(length)
+    if args.madvise:
+        for adv in args.madvise.split(","):
+            if p.madvise(a, length, adv) != 0:
+                raise UsageError(f"--madvise {adv!r}: not a madvise advice")
+    from thpsim.scenario_pages import parse_pages
+
+    try:
+        if args.write:
+            p.touch(a, pages=parse_pages(args.write, args.pmds * g.hpage_pmd_nr))
+        if args.read:
+            p.touch(a, pages=parse_pages(args.read, args.pmds * g.hpage_pmd_nr), write=False)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    lay = p.layout(a, length)
+    if args.json:
+        print(json.dumps({"pmds": lay.to_json(), "counters": s.counters.snapshot()}))
+    else:
+        print(lay.render())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="thpsim", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"thpsim {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="fault a pattern under several mTHP settings")
+    d.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY)
+    d.add_argument("-v", "--verbose", action="store_true", help="print full layouts")
+    d.set_defaults(func=cmd_demo)
+
+    lay = sub.add_parser("layout", help="print the layout of a region after touches")
+    lay.add_argument("--pmds", type=int, default=1, help="region size in PMDs")
+    lay.add_argument("--write", help="pages to write, e.g. '0-63,100-200:4'")
+    lay.add_argument("--read", help="pages to read")
+    lay.add_argument("--madvise", help="advice applied to the whole region first")
+    lay.add_argument("--settings", nargs="*", metavar="PATH=VALUE")
+    lay.add_argument("--memory", default="1G")
+    lay.add_argument("--page-size", default="4K")
+    lay.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY)
+    lay.add_argument("--json", action="store_true")
+    lay.set_defaults(func=cmd_layout)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"thpsim: error: {e}", file=_sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:
+        print(f"thpsim: error: {e}", file=_sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
