@@ -1,44 +1,193 @@
-"""khugepaged: mm registration (the mm_slot list).
+"""khugepaged and MADV_COLLAPSE (twin of mm/khugepaged.c).
 
-Twin of the registration half of mm/khugepaged.c: ``khugepaged_enter_vma``,
-``__khugepaged_enter``, ``khugepaged_fork`` and ``khugepaged_exit``.  The scan
-and collapse half is built on top of this class by the collapse policies.
+The engine is shared by every policy: registration (``khugepaged_enter_vma``),
+the daemon on a simulated clock (``khugepaged_do_scan``,
+``collapse_scan_mm_slot``), the per-PMD scan (``collapse_scan_pmd``), and one
+collapse attempt (``collapse_huge_page``: allocate, revalidate, swap-in,
+isolate, copy, install).  Where kernel versions differ the engine asks its
+:class:`~thpsim.mm.policies.base.CollapsePolicy` (``legacy``, ``v11``,
+``linux-7.2``).
+
+The PTE scan and isolate are vectorised: instead of a Python loop over PTEs
+they compute, with NumPy over the PMD, the first PTE at which each of the
+kernel's checks would fail and take the earliest (ties broken in the kernel's
+check order), which gives exactly the kernel's abort point and counters.
 """
 
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from thpsim.mm.huge_memory import TVA_KHUGEPAGED, orders_mask, thp_vma_allowable_orders
+import numpy as np
+
+from thpsim.mm import rmap
+from thpsim.mm import scan_result as sr
+from thpsim.mm.folio import PG_LAZYFREE, PG_LOCKED, PG_LRU, PG_REFERENCED, PG_SWAPCACHE, PG_YOUNG
+from thpsim.mm.huge_memory import (
+    TVA_FORCED_COLLAPSE,
+    TVA_KHUGEPAGED,
+    orders_mask,
+    thp_vma_allowable_orders,
+)
+from thpsim.mm.lru import LruAddBatch
+from thpsim.mm.pgtable import (
+    F_DIRTY,
+    F_UFFD_WP,
+    F_WRITE,
+    F_YOUNG,
+    PTE_NONE,
+    PTE_PRESENT,
+    PTE_SWAP,
+    PTE_ZERO,
+)
+from thpsim.mm.policies import get_policy
+from thpsim.mm.vma import VM_DROPPABLE, VM_WRITE
 
 if TYPE_CHECKING:
     from thpsim.mm.mm import MM
     from thpsim.mm.vma import VMA
     from thpsim.system import System
 
-__all__ = ["Khugepaged"]
+__all__ = ["Attempt", "CollapseControl", "Khugepaged", "ScanCtx"]
+
+
+@dataclass
+class CollapseControl:
+    """``struct collapse_control``."""
+
+    is_khugepaged: bool
+    #: budget units charged so far in this pass (``cc->progress``)
+    progress: int = 0
+
+
+@dataclass
+class Attempt:
+    """One ``collapse_huge_page`` call, for reports and tests."""
+
+    pmd_addr: int
+    order: int
+    offset: int
+    result: str
+    khugepaged: bool
+
+
+@dataclass
+class ScanCtx:
+    """What one PMD scan found; the walk and every attempt reuse it."""
+
+    mm: MM
+    vma: VMA
+    pmd: int
+    cc: CollapseControl
+    enabled: int
+    referenced: int = 0
+    unmapped: int = 0
+    none_or_zero: int = 0
+    bitmap: np.ndarray | None = None
+    bitmap_prefix: np.ndarray | None = None
+    node: int = 0
+    lock_dropped: bool = False
+    result: str = sr.SCAN_FAIL
+    attempts: list = field(default_factory=list)
+
+
+def _first(mask: np.ndarray) -> int:
+    """Index of the first True, or len(mask)."""
+    i = int(np.argmax(mask)) if mask.size else 0
+    return i if mask.size and mask[i] else mask.size
 
 
 class Khugepaged:
-    """The khugepaged daemon's state for one :class:`~thpsim.system.System`."""
+    """The khugepaged daemon and the collapse engine for one system.
+
+    Attributes
+    ----------
+    mm_slots : list of MM
+        Registered mms in scan order.
+    clock_ms : float
+        Simulated time.
+    trace : list of dict or None
+        Recorded tracepoint events when tracing is on (:meth:`enable_trace`).
+    attempts : list of Attempt
+        Every collapse attempt (khugepaged and MADV_COLLAPSE), in order.
+    alloc_fail_orders : set of int
+        Failure injection: collapse allocations of these orders fail.
+    lru_batch : LruAddBatch
+        The per-CPU ``lru_add`` batch (switch with ``lru_batch.enabled``).
+    """
 
     def __init__(self, sys: System) -> None:
         self.sys = sys
-        #: registered mms in scan order (``khugepaged_scan.mm_head``)
         self.mm_slots: list[MM] = []
+        self.scan_mm: MM | None = None
+        self.scan_address = 0
+        self.clock_ms = 0.0
+        self.trace: list[dict] | None = None
+        self.attempts: list[Attempt] = []
+        #: (pmd vpn, result, is_khugepaged) of every PMD scan
+        self.scans: list[tuple[int, str, bool]] = []
+        self.alloc_fail_orders: set[int] = set()
+        self.lru_batch = LruAddBatch(sys)
+        self.warnings: list[str] = []
+        self.passes = 0
+        self.alloc_sleeps = 0
+        self.pages_scanned = 0  # PTEs examined (work metric)
+        self._policy = None
+
+    # --- policy --------------------------------------------------------------------
+    @property
+    def policy(self):
+        if self._policy is None or self._policy.name != self.sys.policy:
+            self._policy = get_policy(self.sys.policy)
+        return self._policy
+
+    @property
+    def full_scans(self) -> int:
+        return self.sys.settings.full_scans
+
+    @property
+    def pages_collapsed(self) -> int:
+        return self.sys.settings.pages_collapsed
+
+    def warn_once(self, text: str) -> None:
+        """``pr_warn_once``: remembered in :attr:`warnings` (the model's dmesg)."""
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def enable_trace(self) -> list[dict]:
+        """Start recording tracepoint events; returns the (live) list."""
+        if self.trace is None:
+            self.trace = []
+        return self.trace
+
+    def _emit(self, event: str, **fields) -> None:
+        if self.trace is not None:
+            fields["event"] = event
+            fields["ts"] = self.clock_ms / 1000.0
+            self.trace.append(fields)
+
+    @staticmethod
+    def _mm_ptr(mm: MM) -> str:
+        return f"{0xFFFF888000000000 + (mm.pid << 16):016x}"
 
     # --- eligibility ------------------------------------------------------------
-    def collapse_orders(self, vma: VMA) -> int:
-        """Orders khugepaged asks for on an anon VMA (``collapse_allowable_orders``).
-
-        ``legacy`` asks for the PMD order only; ``v11`` (patch 14) and
-        ``linux-7.2`` ask for every anon order.
-        """
+    def collapse_orders(self, vma: VMA | None = None) -> int:
+        """Orders khugepaged asks for on an anon VMA (``collapse_allowable_orders``)."""
         g = self.sys.geometry
-        if self.sys.policy == "legacy":
+        if not self.policy.mthp:
             return 1 << g.pmd_order
         return orders_mask(g.anon_orders)
+
+    def collapse_possible_orders(self, mm: MM, vma: VMA, is_khugepaged: bool) -> int:
+        """Candidate orders for a scan: all anon orders for khugepaged (mTHP policies),
+        the PMD order for MADV_COLLAPSE, filtered by ``thp_vma_allowable_orders``."""
+        if is_khugepaged:
+            return thp_vma_allowable_orders(self.sys, mm, vma, TVA_KHUGEPAGED,
+                                            self.collapse_orders(vma))
+        return thp_vma_allowable_orders(self.sys, mm, vma, TVA_FORCED_COLLAPSE,
+                                        1 << self.sys.geometry.pmd_order)
 
     def hugepage_enabled(self) -> bool:
         """``hugepage_pmd_enabled`` (legacy) / ``hugepage_enabled`` (v11, 7.2)."""
@@ -65,12 +214,582 @@ class Khugepaged:
             self.register(child)
 
     def exit_mm(self, mm: MM) -> None:
-        """``khugepaged_exit``: drop the mm's slot."""
-        if mm.registered:
+        """``khugepaged_exit``: drop the slot now, or lazily if it is being scanned."""
+        if not mm.registered:
+            return
+        mm.exiting = True
+        if mm is not self.scan_mm:
             self.mm_slots.remove(mm)
             mm.registered = False
 
+    # --- the daemon ---------------------------------------------------------------
+    def run(self, full_scans: int | None = None, seconds: float | None = None,
+            passes: int | None = None, max_passes: int = 1_000_000) -> dict:
+        """Run the daemon on the simulated clock.
+
+        Stops after ``full_scans`` more full scans, ``seconds`` of simulated
+        time, or ``passes`` passes (whichever is given; default one full scan).
+        With nothing registered (or THP disabled) the thread idles: the call
+        returns at once (``idle`` true) without advancing ``full_scans``.
+        """
+        if full_scans is None and seconds is None and passes is None:
+            full_scans = 1
+        start_scans, start_clock, done = self.full_scans, self.clock_ms, 0
+        end = None if seconds is None else self.clock_ms + seconds * 1000.0
+        idle = False
+        while done < max_passes:
+            if not self.mm_slots or not self.hugepage_enabled():
+                idle = True
+                if end is not None:
+                    self.clock_ms = max(self.clock_ms, end)
+                break
+            self.do_scan()
+            done += 1
+            if full_scans is not None and self.full_scans - start_scans >= full_scans:
+                break
+            if passes is not None and done >= passes:
+                break
+            self.clock_ms += self.sys.settings.scan_sleep_millisecs  # khugepaged_wait_work
+            if end is not None and self.clock_ms >= end:
+                break
+        return {"passes": done, "full_scans": self.full_scans - start_scans,
+                "elapsed_ms": self.clock_ms - start_clock, "idle": idle}
+
+    def do_scan(self) -> None:
+        """``khugepaged_do_scan``: one pass of at most ``pages_to_scan`` budget units."""
+        budget = self.sys.settings.pages_to_scan
+        self.lru_batch.drain()  # lru_add_drain_all
+        cc = CollapseControl(is_khugepaged=True)
+        pass_through_head = 0
+        wait = True
+        self.passes += 1
+        while True:
+            result = sr.SCAN_SUCCEED
+            if self.scan_mm is None:
+                pass_through_head += 1
+            if self.mm_slots and self.hugepage_enabled() and pass_through_head < 2:
+                result = self.collapse_scan_mm_slot(budget, cc)
+            else:
+                cc.progress = budget
+            if cc.progress >= budget:
+                break
+            if result == sr.SCAN_ALLOC_HUGE_PAGE_FAIL:
+                if not wait:
+                    break
+                wait = False
+                self.alloc_sleeps += 1
+                self.clock_ms += self.sys.settings.alloc_sleep_millisecs
+
+    def _next_slot(self, mm: MM) -> None:
+        """Move the cursor past ``mm``; wrap counts a full scan; collect exited mms."""
+        i = self.mm_slots.index(mm)
+        if mm.exiting:
+            self.mm_slots.remove(mm)
+            mm.registered = False
+            nxt = self.mm_slots[i] if i < len(self.mm_slots) else None
+        else:
+            nxt = self.mm_slots[i + 1] if i + 1 < len(self.mm_slots) else None
+        self.scan_mm, self.scan_address = nxt, 0
+        if nxt is None:
+            self.sys.settings.full_scans += 1
+
+    def collapse_scan_mm_slot(self, budget: int, cc: CollapseControl) -> str:
+        """``collapse_scan_mm_slot``: scan the cursor mm from the cursor address."""
+        g = self.sys.geometry
+        pol = self.policy
+        start = cc.progress
+        result = sr.SCAN_FAIL
+        if self.scan_mm is None:
+            self.scan_mm, self.scan_address = self.mm_slots[0], 0
+        mm = self.scan_mm
+        cc.progress += 1  # mmap_read_trylock succeeded
+        finished = mm.exiting or mm.thp_disable == 1
+        if not finished:
+            vmas = [v for v in mm.vmas if v.end > self.scan_address]
+            for vma in vmas:
+                if not self.collapse_possible_orders(mm, vma, True):
+                    cc.progress += 1
+                    continue
+                hstart = -(-vma.start // g.hpage_pmd_nr) * g.hpage_pmd_nr
+                hend = vma.end // g.hpage_pmd_nr * g.hpage_pmd_nr
+                if self.scan_address > hend:
+                    cc.progress += 1
+                    continue
+                self.scan_address = max(self.scan_address, hstart)
+                while self.scan_address < hend:
+                    ctx_progress = cc.progress
+                    result, dropped = self.collapse_single_pmd(mm, vma, self.scan_address, cc)
+                    if result == sr.SCAN_SUCCEED:
+                        self.sys.settings.pages_collapsed += 1
+                    self.scan_address += g.hpage_pmd_nr
+                    if not pol.budget_per_pte:
+                        cc.progress = ctx_progress + g.hpage_pmd_nr
+                    if dropped:
+                        self._emit_scan(mm, cc.progress - start, False)
+                        return result
+                    if cc.progress >= budget:
+                        self._emit_scan(mm, cc.progress - start, False)
+                        return result
+            finished = True
+        if finished:
+            self._next_slot(mm)
+        self._emit_scan(mm, cc.progress - start, self.scan_mm is None)
+        return result
+
+    def _emit_scan(self, mm: MM, progress: int, finished: bool) -> None:
+        if self.policy.name == "linux-7.2":
+            self._emit("mm_khugepaged_scan", mm=self._mm_ptr(mm), progress=progress,
+                       full_scan_finished=int(finished))
+
+    # --- one PMD ---------------------------------------------------------------------
+    def collapse_single_pmd(self, mm: MM, vma: VMA, vpn: int,
+                            cc: CollapseControl) -> tuple[str, bool]:
+        """``collapse_single_pmd`` (anon): scan the PMD at ``vpn``; returns
+        ``(result, lock_dropped)``."""
+        ctx = self.collapse_scan_pmd(mm, vma, vpn >> self.sys.geometry.pmd_order, cc)
+        return ctx.result, ctx.lock_dropped
+
+    def _pmd_missing(self, mm: MM, pmd: int) -> str:
+        """PMD lookup of a none PMD: ``SCAN_PMD_NULL`` if no PMD table exists for its
+        PUD range (``mm_find_pmd`` fails), else ``SCAN_PMD_NONE`` (7.2: both
+        ``SCAN_NO_PTE_TABLE``)."""
+        no_table, none = self.policy.pmd_missing_results
+        per = self.sys.geometry.ptrs_per_pte
+        pud = pmd // per
+        pt = mm.pt
+        if any(k // per == pud for k in pt.tables) or any(k // per == pud for k in pt.huge):
+            return none
+        return no_table
+
+    def collapse_scan_pmd(self, mm: MM, vma: VMA, pmd: int, cc: CollapseControl) -> ScanCtx:
+        """``collapse_scan_pmd``: check every PTE in the kernel's order, then walk.
+
+        Returns the scan context with ``result`` and ``lock_dropped`` set.
+        """
+        sys = self.sys
+        g = sys.geometry
+        pol = self.policy
+        nr = g.hpage_pmd_nr
+        pt = mm.pt
+        enabled = self.collapse_possible_orders(mm, vma, cc.is_khugepaged)
+        ctx = ScanCtx(mm, vma, pmd, cc, enabled)
+        scan_pfn = -1
+        row = pt.row(pmd)
+        if pmd in pt.huge or row is None:
+            ctx.result = sr.SCAN_PMD_MAPPED if pmd in pt.huge else self._pmd_missing(mm, pmd)
+            cc.progress += 1
+            self.pages_scanned += 1
+            self._emit("mm_khugepaged_scan_pmd", mm=self._mm_ptr(mm), scan_pfn=-1,
+                       referenced=0, none_or_zero=0, status=ctx.result, unmapped=0)
+            self.scans.append((pmd << g.pmd_order, ctx.result, cc.is_khugepaged))
+            return ctx
+        pmd_only = enabled == 1 << g.pmd_order
+        kinds = pt.kind[row]
+        flags = pt.flags[row]
+        pfns = pt.pfn[row].astype(np.int64)
+        nz = (kinds == PTE_NONE) | (kinds == PTE_ZERO)
+        sw = kinds == PTE_SWAP
+        pr = kinds == PTE_PRESENT
+        f = sys.folios
+        heads = np.zeros(nr, dtype=np.int64)
+        if pr.any():
+            heads[pr] = f.heads_of(pfns[pr])
+        hflags = f.flags[heads]
+        young = pr & (((flags & F_YOUNG) > 0) | ((hflags & (PG_YOUNG | PG_REFERENCED)) > 0))
+        cum_nz, cum_sw = np.cumsum(nz), np.cumsum(sw)
+
+        # (index, rank, result, vmstat, stat) candidates: the earliest index wins,
+        # rank orders checks on the same PTE as the kernel does
+        cands: list[tuple[int, int, str]] = []
+        none_limit = pol.scan_none_limit(sys, cc, vma, pmd_only)
+        if none_limit is not None:
+            cands.append((_first(nz & (cum_nz > none_limit)), 0, sr.SCAN_EXCEED_NONE_PTE))
+        swap_limit = pol.scan_swap_limit(sys, cc)
+        if swap_limit is not None:
+            cands.append((_first(sw & (cum_sw > swap_limit)), 0, sr.SCAN_EXCEED_SWAP_PTE))
+        cands.append((_first(sw & ((flags & F_UFFD_WP) > 0)), 1, sr.SCAN_PTE_UFFD_WP))
+        cands.append((_first(pr & ((flags & F_UFFD_WP) > 0)), 2, sr.SCAN_PTE_UFFD_WP))
+        if pol.lazyfree_check and cc.is_khugepaged and not vma.flags & VM_DROPPABLE:
+            lazy = pr & ((hflags & PG_LAZYFREE) > 0) & ((flags & F_DIRTY) == 0)
+            cands.append((_first(lazy), 3, sr.SCAN_PAGE_LAZYFREE))
+        shared = rmap.shared_mask_row(sys, kinds, pfns) & pr
+        shared_limit = pol.scan_shared_limit(sys, cc)
+        if shared_limit is not None:
+            cands.append((_first(shared & (np.cumsum(shared) > shared_limit)), 4,
+                          sr.SCAN_EXCEED_SHARED_PTE))
+        cands.append((_first(pr & ((hflags & PG_LRU) == 0)), 5, sr.SCAN_PAGE_LRU))
+        cands.append((_first(pr & ((hflags & PG_LOCKED) > 0)), 6, sr.SCAN_PAGE_LOCK))
+        cands.append((_first(pr & ~self._refcount_ok(heads, pr)), 7, sr.SCAN_PAGE_COUNT))
+        idx, _, fail = min(cands)
+        examined = min(idx + 1, nr)
+        cc.progress += examined
+        self.pages_scanned += examined
+        upto = min(idx, nr - 1)
+        ctx.none_or_zero = int(cum_nz[upto])
+        ctx.unmapped = int(cum_sw[upto])
+        looked = np.flatnonzero(pr[: upto + 1])
+        if looked.size:
+            scan_pfn = int(heads[looked[-1]])
+        if cc.is_khugepaged:
+            ctx.referenced = int(young[:idx].sum())
+        if idx < nr:
+            ctx.result = fail
+            self._count_scan_abort(fail)
+        elif cc.is_khugepaged and (ctx.referenced == 0 or (
+                ctx.unmapped > 0 and ctx.referenced < g.referenced_threshold)):
+            ctx.result = sr.SCAN_LACK_REFERENCED_PAGE
+        else:
+            ctx.result = sr.SCAN_SUCCEED
+            ctx.bitmap = pr
+            ctx.bitmap_prefix = np.concatenate(([0], np.cumsum(pr)))
+            nodes = f.node[heads[pr]]
+            ctx.node = int(np.bincount(nodes).argmax()) if nodes.size else 0
+            ctx.result = pol.walk(self, ctx)
+        self._emit("mm_khugepaged_scan_pmd", mm=self._mm_ptr(mm), scan_pfn=scan_pfn,
+                   referenced=ctx.referenced, none_or_zero=ctx.none_or_zero,
+                   status=ctx.result, unmapped=ctx.unmapped)
+        self.scans.append((pmd << g.pmd_order, ctx.result, cc.is_khugepaged))
+        return ctx
+
+    def _refcount_ok(self, heads: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``folio_expected_ref_count == refcount`` per PTE (pins make it false)."""
+        f = self.sys.folios
+        ok = np.ones(mask.shape, dtype=bool)
+        idx = np.flatnonzero(mask)
+        if not idx.size:
+            return ok
+        uh, inv = np.unique(heads[idx], return_inverse=True)
+        orders = f.order[uh]
+        exp = np.empty(uh.size, dtype=np.int64)
+        small = orders == 0
+        exp[small] = f.mapcount[uh[small]]
+        for j in np.flatnonzero(~small).tolist():
+            exp[j] = f.folio_mapcount(int(uh[j]))
+        sizes = np.left_shift(1, orders.astype(np.int64))
+        exp += np.where((f.flags[uh] & PG_SWAPCACHE) > 0, sizes, 0)
+        ok[idx] = (f.refcount[uh] == exp)[inv]
+        return ok
+
+    def _count_scan_abort(self, result: str) -> None:
+        c = self.sys.counters
+        name = {sr.SCAN_EXCEED_NONE_PTE: ("thp_scan_exceed_none_pte", "collapse_exceed_none_pte"),
+                sr.SCAN_EXCEED_SWAP_PTE: ("thp_scan_exceed_swap_pte", "collapse_exceed_swap_pte"),
+                sr.SCAN_EXCEED_SHARED_PTE: ("thp_scan_exceed_share_pte",
+                                            "collapse_exceed_shared_pte")}.get(result)
+        if name is None:
+            return
+        c.count_vm_event(name[0])
+        if self.policy.scan_counts_mthp_stats:
+            c.count_mthp_stat(self.sys.geometry.pmd_order, name[1])
+
+    # --- one attempt -----------------------------------------------------------------
+    def collapse_huge_page(self, ctx: ScanCtx, order: int, off: int) -> str:
+        """``collapse_huge_page(order, offset)``: one collapse attempt."""
+        ctx.lock_dropped = True
+        r = self._collapse(ctx, order, off)
+        self.attempts.append(Attempt(ctx.pmd << self.sys.geometry.pmd_order, order, off, r,
+                                     ctx.cc.is_khugepaged))
+        ctx.attempts.append((order, off, r))
+        fields = {"mm": self._mm_ptr(ctx.mm), "isolated": int(r == sr.SCAN_SUCCEED), "status": r}
+        if self.policy.name != "legacy":
+            fields["order"] = order
+        self._emit("mm_collapse_huge_page", **fields)
+        return r
+
+    def _alloc(self, ctx: ScanCtx, order: int, vpn: int) -> tuple[int, str]:
+        """``alloc_charge_folio``."""
+        sys = self.sys
+        c = sys.counters
+        pol = self.policy
+        pmd_order = sys.geometry.pmd_order
+        head = -1
+        if order not in self.alloc_fail_orders:
+            nodes = [ctx.node] if sys.buddy.nr_nodes > 1 else [None]
+            for node in nodes:
+                head = sys.buddy.alloc(order, node, fallback=node is None)
+                if head >= 0:
+                    break
+        if head < 0:
+            if order == pmd_order:
+                c.count_vm_event("thp_collapse_alloc_failed")
+            if pol.mthp_alloc_stats:
+                c.count_mthp_stat(order, "collapse_alloc_failed")
+            return -1, sr.SCAN_ALLOC_HUGE_PAGE_FAIL
+        if order == pmd_order:
+            c.count_vm_event("thp_collapse_alloc")
+        if pol.mthp_alloc_stats:
+            c.count_mthp_stat(order, "collapse_alloc")
+        if not sys.memcg.try_charge_order(order):
+            sys.buddy.free(head, order)
+            return -1, sr.SCAN_CGROUP_CHARGE_FAIL
+        sys.folios.init_folio(head, order, sys.buddy.node_of(head), vpn)
+        if order:
+            c.count_mthp_stat(order, "nr_anon")
+        return head, sr.SCAN_SUCCEED
+
+    def _revalidate(self, ctx: ScanCtx, order: int) -> str:
+        """``hugepage_vma_revalidate``: the mm, the VMA, the whole PMD range, the order."""
+        mm = ctx.mm
+        g = self.sys.geometry
+        if mm.exiting or mm.thp_disable == 1:
+            return sr.SCAN_ANY_PROCESS
+        start = ctx.pmd << g.pmd_order
+        vma = mm.vmas.find_from(start)
+        if vma is None:
+            return sr.SCAN_VMA_NULL
+        if vma.start > start or vma.end < start + g.hpage_pmd_nr:
+            return sr.SCAN_ADDRESS_RANGE
+        tva = TVA_KHUGEPAGED if ctx.cc.is_khugepaged else TVA_FORCED_COLLAPSE
+        if not thp_vma_allowable_orders(self.sys, mm, vma, tva, 1 << order):
+            return sr.SCAN_VMA_CHECK
+        if not vma.anon_vma:
+            return sr.SCAN_PAGE_ANON
+        ctx.vma = vma
+        return sr.SCAN_SUCCEED
+
+    def _collapse(self, ctx: ScanCtx, order: int, off: int) -> str:
+        sys = self.sys
+        g = sys.geometry
+        mm = ctx.mm
+        pt = mm.pt
+        pmd_vpn = ctx.pmd << g.pmd_order
+        head, r = self._alloc(ctx, order, pmd_vpn + off)
+        if r != sr.SCAN_SUCCEED:
+            return r
+
+        def fail(result: str) -> str:
+            sys.free_folio(head)  # the unused new folio
+            return result
+
+        r = self._revalidate(ctx, order)
+        if r != sr.SCAN_SUCCEED:
+            return fail(r)
+        if ctx.pmd in pt.huge:
+            return fail(sr.SCAN_PMD_MAPPED)
+        if pt.row(ctx.pmd) is None:
+            return fail(self._pmd_missing(mm, ctx.pmd))
+        if ctx.unmapped > 0:
+            r = self._swapin(ctx, order, off)
+            if r != sr.SCAN_SUCCEED:
+                return fail(r)
+        # write lock, revalidate again, PMD unchanged: nothing can change in between here
+        r = self._isolate(ctx, order, off)
+        if r != sr.SCAN_SUCCEED:
+            return fail(r)
+        self._copy_and_install(ctx, order, off, head)
+        return sr.SCAN_SUCCEED
+
+    def _swapin(self, ctx: ScanCtx, order: int, off: int) -> str:
+        """``__collapse_huge_page_swapin``: PMD faults swap entries in; mTHP refuses."""
+        from thpsim.mm.memory import OOMError, do_swap_page
+
+        sys = self.sys
+        g = sys.geometry
+        pt = ctx.mm.pt
+        row = pt.row(ctx.pmd)
+        n = 1 << order
+        kinds = pt.kind[row, off : off + n]
+        swaps = np.flatnonzero(kinds == PTE_SWAP)
+        swapped_in = 0
+        r = sr.SCAN_SUCCEED
+        if swaps.size and order != g.pmd_order:
+            sys.counters.count_mthp_stat(order, "collapse_exceed_swap_pte")
+            r = sr.SCAN_EXCEED_SWAP_PTE
+        else:
+            try:
+                for i in swaps.tolist():
+                    do_swap_page(sys, ctx.mm, ctx.vma, row, off + i, False)
+                    swapped_in += 1
+            except OOMError:
+                r = sr.SCAN_FAIL
+            if swapped_in:
+                self.lru_batch.drain()
+        fields = {"mm": self._mm_ptr(ctx.mm), "swapped_in": swapped_in,
+                  "referenced": ctx.referenced, "ret": r}
+        if self.policy.name != "legacy":
+            fields["order"] = order
+        self._emit("mm_collapse_huge_page_swapin", **fields)
+        return r
+
+    def _isolate(self, ctx: ScanCtx, order: int, off: int) -> str:
+        """``__collapse_huge_page_isolate`` over the attempted range."""
+        sys = self.sys
+        g = sys.geometry
+        pol = self.policy
+        cc = ctx.cc
+        pt = ctx.mm.pt
+        row = pt.row(ctx.pmd)
+        n = 1 << order
+        kinds = pt.kind[row, off : off + n]
+        flags = pt.flags[row, off : off + n]
+        pfns = pt.pfn[row, off : off + n].astype(np.int64)
+        f = sys.folios
+        nz = (kinds == PTE_NONE) | (kinds == PTE_ZERO)
+        pr = kinds == PTE_PRESENT
+        heads = np.zeros(n, dtype=np.int64)
+        if pr.any():
+            heads[pr] = f.heads_of(pfns[pr])
+        hflags = f.flags[heads]
+        horder = np.where(pr, f.order[heads], -1)
+        cands: list[tuple[int, int, str]] = []
+        none_limit = pol.isolate_none_limit(sys, cc, ctx.vma, order)
+        if none_limit is not None:
+            cands.append((_first(nz & (np.cumsum(nz) > none_limit)), 0, sr.SCAN_EXCEED_NONE_PTE))
+        cands.append((_first(~nz & ~pr), 0, sr.SCAN_PTE_NON_PRESENT))
+        cands.append((_first(pr & ((flags & F_UFFD_WP) > 0)), 1, sr.SCAN_PTE_UFFD_WP))
+        if pol.lazyfree_check and cc.is_khugepaged and not ctx.vma.flags & VM_DROPPABLE:
+            lazy = pr & ((hflags & PG_LAZYFREE) > 0) & ((flags & F_DIRTY) == 0)
+            cands.append((_first(lazy), 2, sr.SCAN_PAGE_LAZYFREE))
+        shared = rmap.shared_mask_row(sys, kinds, pfns) & pr
+        shared_limit = pol.isolate_shared_limit(sys, cc, order)
+        shared_rank, order_rank = (4, 3) if pol.order_check_before_shared else (3, 4)
+        if shared_limit is not None:
+            cands.append((_first(shared & (np.cumsum(shared) > shared_limit)), shared_rank,
+                          sr.SCAN_EXCEED_SHARED_PTE))
+        if order != g.pmd_order:
+            cands.append((_first(pr & (horder >= order)), order_rank,
+                          sr.SCAN_PTE_MAPPED_HUGEPAGE))
+        # lock / refcount / LRU isolation happen once per folio, at its first PTE
+        firsts = pr.copy()
+        if (horder > 0).any():
+            _, first_idx = np.unique(np.where(pr, heads, -1), return_index=True)
+            firsts[:] = False
+            firsts[first_idx] = True
+            firsts &= pr
+        cands.append((_first(firsts & ((hflags & PG_LOCKED) > 0)), 5, sr.SCAN_PAGE_LOCK))
+        cands.append((_first(firsts & ~self._refcount_ok(heads, firsts)), 6, sr.SCAN_PAGE_COUNT))
+        cands.append((_first(firsts & ((hflags & PG_LRU) == 0)), 7, sr.SCAN_DEL_PAGE_LRU))
+        idx, _, r = min(cands)
+        young = pr & (((flags & F_YOUNG) > 0) | ((hflags & (PG_YOUNG | PG_REFERENCED)) > 0))
+        referenced = int(young[:idx].sum()) if cc.is_khugepaged else 0
+        isolated_upto = idx
+        if idx == n:
+            r = sr.SCAN_SUCCEED
+            if cc.is_khugepaged and referenced == 0:
+                r = sr.SCAN_LACK_REFERENCED_PAGE
+        else:
+            self._count_isolate_fail(r, order)
+        upto = min(idx, n - 1)
+        looked = np.flatnonzero(pr[: upto + 1])
+        self._emit_isolate(ctx, int(heads[looked[-1]]) if looked.size else -1,
+                           int(nz[: upto + 1].sum()), referenced, r, order)
+        if r != sr.SCAN_SUCCEED:
+            self._release_pte_pages(heads, pr, horder, isolated_upto)
+        return r
+
+    def _emit_isolate(self, ctx, scan_pfn, none_or_zero, referenced, r, order) -> None:
+        fields = {"scan_pfn": scan_pfn, "none_or_zero": none_or_zero,
+                  "referenced": referenced, "status": r}
+        if self.policy.name != "legacy":
+            fields["order"] = order
+        self._emit("mm_collapse_huge_page_isolate", **fields)
+
+    def _count_isolate_fail(self, r: str, order: int) -> None:
+        c = self.sys.counters
+        pmd = order == self.sys.geometry.pmd_order
+        mthp = self.policy.mthp_alloc_stats  # per-size collapse_* files exist
+        if r == sr.SCAN_EXCEED_NONE_PTE:
+            if pmd:
+                c.count_vm_event("thp_scan_exceed_none_pte")
+            if mthp:
+                c.count_mthp_stat(order, "collapse_exceed_none_pte")
+        elif r == sr.SCAN_EXCEED_SHARED_PTE:
+            if pmd:
+                c.count_vm_event("thp_scan_exceed_share_pte")
+            if mthp:
+                c.count_mthp_stat(order, "collapse_exceed_shared_pte")
+
+    def _release_pte_pages(self, heads, pr, horder, upto: int) -> None:
+        """``release_pte_pages``: put isolated folios back through the LRU batch —
+        order-0 folios walking the PTEs downwards, then the large ones."""
+        small = np.flatnonzero(pr[:upto] & (horder[:upto] == 0))
+        for i in small[::-1].tolist():
+            self.lru_batch.add(int(heads[i]))
+        large = heads[:upto][pr[:upto] & (horder[:upto] > 0)]
+        for h in dict.fromkeys(large.tolist()):
+            self.lru_batch.add(int(h))
+
+    def _copy_and_install(self, ctx: ScanCtx, order: int, off: int, head: int) -> None:
+        """``__collapse_huge_page_copy`` + install (PMD map, or PTE-mapped folio)."""
+        sys = self.sys
+        g = sys.geometry
+        mm = ctx.mm
+        pt = mm.pt
+        f = sys.folios
+        row = pt.row(ctx.pmd)
+        n = 1 << order
+        sl = slice(off, off + n)
+        kinds = pt.kind[row, sl].copy()
+        pfns = pt.pfn[row, sl].astype(np.int64)
+        pr = kinds == PTE_PRESENT
+        content = np.zeros(n, dtype=np.int64)
+        content[pr] = f.content[pfns[pr]]
+        f.content[head : head + n] = content
+        filled = int(n - pr.sum())  # none/zero slots become zero-filled pages
+        pt.kind[row, sl] = PTE_NONE
+        rmap.folio_remove_ptes(sys, pfns[pr])
+        mm.rss_anon += filled
+        writable = F_WRITE if ctx.vma.flags & VM_WRITE else 0
+        if order == g.pmd_order:
+            pt.free_table(ctx.pmd)  # the table is deposited under the huge PMD
+            pt.huge[ctx.pmd] = [head, F_YOUNG | F_DIRTY | writable]
+            rmap.folio_add_pmd(sys, head)
+            rmap.deferred_split_folio(sys, head, partially_mapped=False)
+        else:
+            new = np.arange(head, head + n, dtype=np.int64)
+            pt.kind[row, sl] = PTE_PRESENT
+            pt.pfn[row, sl] = new
+            pt.flags[row, sl] = F_YOUNG | F_DIRTY | writable
+            rmap.folio_add_ptes(sys, new)
+        self.lru_batch.add(head)  # a large folio: flushes the batch
+
     # --- MADV_COLLAPSE ----------------------------------------------------------------
     def madvise_collapse(self, mm: MM, start: int, end: int) -> int:
-        """MADV_COLLAPSE; the collapse engine replaces this (returns -EINVAL here)."""
-        return -errno.EINVAL
+        """``madvise_collapse`` over ``[start, end)`` (vpn): PMD order only.
+
+        Returns 0 if every PMD range ends up PMD-mapped, else the errno of the
+        last failure (per the policy's ``madvise_collapse_errno``); a hole in the
+        range gives ``-ENOMEM``.
+        """
+        vmas = mm.vmas.overlapping(start, end)
+        covered = sum(min(v.end, end) - max(v.start, start) for v in vmas)
+        for vma in vmas:
+            r = self._madvise_collapse_vma(mm, vma, max(start, vma.start), min(end, vma.end))
+            if r:
+                return r
+        return 0 if covered == end - start else -errno.ENOMEM
+
+    def _madvise_collapse_vma(self, mm: MM, vma: VMA, start: int, end: int) -> int:
+        sys = self.sys
+        g = sys.geometry
+        nr = g.hpage_pmd_nr
+        if not thp_vma_allowable_orders(sys, mm, vma, TVA_FORCED_COLLAPSE, 1 << g.pmd_order):
+            return -errno.EINVAL
+        self.lru_batch.drain()  # lru_add_drain_all
+        cc = CollapseControl(is_khugepaged=False)
+        hstart = -(-start // nr) * nr
+        hend = end // nr * nr
+        thps = 0
+        last_fail = sr.SCAN_FAIL
+        pol = self.policy
+        dropped = False
+        addr = hstart
+        total = (hend - hstart) // nr
+        while addr < hend:
+            if dropped:
+                ctx = ScanCtx(mm, vma, addr >> g.pmd_order, cc, 0)
+                r = self._revalidate(ctx, g.pmd_order)
+                if r != sr.SCAN_SUCCEED:
+                    last_fail = r
+                    break
+                vma = ctx.vma
+                hend = min(hend, vma.end // nr * nr)
+            result, dropped = self.collapse_single_pmd(mm, vma, addr, cc)
+            addr += nr
+            if result in (sr.SCAN_SUCCEED, sr.SCAN_PMD_MAPPED):
+                thps += 1
+                continue
+            last_fail = result
+            if result not in pol.madvise_continue:
+                break
+        return 0 if thps == total else pol.madvise_errno(last_fail)

@@ -460,7 +460,7 @@ class BuddyAllocator:
             # sorted input: only blocks at the node's ends can have a buddy outside it
             inside: np.ndarray | None = None
             bidx = buddy
-            if False:
+            if cur[0] < lo + bit or cur[-1] >= hi - bit:
                 inside = (buddy >= lo) & (buddy < hi)
                 bidx = np.where(inside, buddy, cur)
             was_free = fo[bidx] == o

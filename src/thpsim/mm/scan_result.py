@@ -1,0 +1,131 @@
+"""``enum scan_result``: names, per-kernel numbering, trace strings, errno mapping.
+
+Results are plain strings named exactly like the kernel's enumerators
+(``"SCAN_SUCCEED"``); each policy's kernel numbers them differently
+(kernel-model.md §1.2 for the v11 base and the host's legacy kernel,
+linux-7.2.md §1.1 for 7.2), which matters because
+``mm_collapse_huge_page_swapin`` prints the value as a number.
+"""
+
+from __future__ import annotations
+
+import errno
+
+__all__ = [
+    "ENUM_7_2",
+    "ENUM_V11",
+    "TRACE_STRING",
+    "madvise_collapse_errno",
+]
+
+# names used as constants throughout the model
+SCAN_FAIL = "SCAN_FAIL"
+SCAN_SUCCEED = "SCAN_SUCCEED"
+SCAN_PMD_NULL = "SCAN_PMD_NULL"
+SCAN_PMD_NONE = "SCAN_PMD_NONE"
+SCAN_NO_PTE_TABLE = "SCAN_NO_PTE_TABLE"
+SCAN_PMD_MAPPED = "SCAN_PMD_MAPPED"
+SCAN_EXCEED_NONE_PTE = "SCAN_EXCEED_NONE_PTE"
+SCAN_EXCEED_SWAP_PTE = "SCAN_EXCEED_SWAP_PTE"
+SCAN_EXCEED_SHARED_PTE = "SCAN_EXCEED_SHARED_PTE"
+SCAN_PTE_NON_PRESENT = "SCAN_PTE_NON_PRESENT"
+SCAN_PTE_UFFD_WP = "SCAN_PTE_UFFD_WP"
+SCAN_PTE_MAPPED_HUGEPAGE = "SCAN_PTE_MAPPED_HUGEPAGE"
+SCAN_LACK_REFERENCED_PAGE = "SCAN_LACK_REFERENCED_PAGE"
+SCAN_PAGE_NULL = "SCAN_PAGE_NULL"
+SCAN_SCAN_ABORT = "SCAN_SCAN_ABORT"
+SCAN_PAGE_COUNT = "SCAN_PAGE_COUNT"
+SCAN_PAGE_LRU = "SCAN_PAGE_LRU"
+SCAN_PAGE_LOCK = "SCAN_PAGE_LOCK"
+SCAN_PAGE_ANON = "SCAN_PAGE_ANON"
+SCAN_PAGE_LAZYFREE = "SCAN_PAGE_LAZYFREE"
+SCAN_PAGE_COMPOUND = "SCAN_PAGE_COMPOUND"
+SCAN_ANY_PROCESS = "SCAN_ANY_PROCESS"
+SCAN_VMA_NULL = "SCAN_VMA_NULL"
+SCAN_VMA_CHECK = "SCAN_VMA_CHECK"
+SCAN_ADDRESS_RANGE = "SCAN_ADDRESS_RANGE"
+SCAN_DEL_PAGE_LRU = "SCAN_DEL_PAGE_LRU"
+SCAN_ALLOC_HUGE_PAGE_FAIL = "SCAN_ALLOC_HUGE_PAGE_FAIL"
+SCAN_CGROUP_CHARGE_FAIL = "SCAN_CGROUP_CHARGE_FAIL"
+SCAN_TRUNCATED = "SCAN_TRUNCATED"
+SCAN_PAGE_HAS_PRIVATE = "SCAN_PAGE_HAS_PRIVATE"
+SCAN_STORE_FAILED = "SCAN_STORE_FAILED"
+SCAN_COPY_MC = "SCAN_COPY_MC"
+SCAN_PAGE_FILLED = "SCAN_PAGE_FILLED"
+SCAN_PAGE_DIRTY_OR_WRITEBACK = "SCAN_PAGE_DIRTY_OR_WRITEBACK"
+
+#: v11 base (also the host's pre-mTHP kernel, real-kernel.md §2), value = index
+ENUM_V11 = (
+    SCAN_FAIL, SCAN_SUCCEED, SCAN_PMD_NULL, SCAN_PMD_NONE, SCAN_PMD_MAPPED,
+    SCAN_EXCEED_NONE_PTE, SCAN_EXCEED_SWAP_PTE, SCAN_EXCEED_SHARED_PTE, SCAN_PTE_NON_PRESENT,
+    SCAN_PTE_UFFD_WP, SCAN_PTE_MAPPED_HUGEPAGE, SCAN_LACK_REFERENCED_PAGE, SCAN_PAGE_NULL,
+    SCAN_SCAN_ABORT, SCAN_PAGE_COUNT, SCAN_PAGE_LRU, SCAN_PAGE_LOCK, SCAN_PAGE_ANON,
+    SCAN_PAGE_COMPOUND, SCAN_ANY_PROCESS, SCAN_VMA_NULL, SCAN_VMA_CHECK, SCAN_ADDRESS_RANGE,
+    SCAN_DEL_PAGE_LRU, SCAN_ALLOC_HUGE_PAGE_FAIL, SCAN_CGROUP_CHARGE_FAIL, SCAN_TRUNCATED,
+    SCAN_PAGE_HAS_PRIVATE, SCAN_STORE_FAILED, SCAN_COPY_MC, SCAN_PAGE_FILLED,
+)
+
+#: Linux 7.2.13 (linux-7.2.md §1.1)
+ENUM_7_2 = (
+    SCAN_FAIL, SCAN_SUCCEED, SCAN_NO_PTE_TABLE, SCAN_PMD_MAPPED, SCAN_EXCEED_NONE_PTE,
+    SCAN_EXCEED_SWAP_PTE, SCAN_EXCEED_SHARED_PTE, SCAN_PTE_NON_PRESENT, SCAN_PTE_UFFD_WP,
+    SCAN_PTE_MAPPED_HUGEPAGE, SCAN_LACK_REFERENCED_PAGE, SCAN_PAGE_NULL, SCAN_SCAN_ABORT,
+    SCAN_PAGE_COUNT, SCAN_PAGE_LRU, SCAN_PAGE_LOCK, SCAN_PAGE_ANON, SCAN_PAGE_LAZYFREE,
+    SCAN_PAGE_COMPOUND, SCAN_ANY_PROCESS, SCAN_VMA_NULL, SCAN_VMA_CHECK, SCAN_ADDRESS_RANGE,
+    SCAN_DEL_PAGE_LRU, SCAN_ALLOC_HUGE_PAGE_FAIL, SCAN_CGROUP_CHARGE_FAIL, SCAN_TRUNCATED,
+    SCAN_PAGE_HAS_PRIVATE, SCAN_STORE_FAILED, SCAN_COPY_MC, SCAN_PAGE_FILLED,
+    SCAN_PAGE_DIRTY_OR_WRITEBACK,
+)
+
+#: ``__print_symbolic`` strings of SCAN_STATUS
+TRACE_STRING = {
+    SCAN_FAIL: "failed",
+    SCAN_SUCCEED: "succeeded",
+    SCAN_PMD_NULL: "pmd_null",
+    SCAN_PMD_NONE: "pmd_none",
+    SCAN_NO_PTE_TABLE: "no_pte_table",
+    SCAN_PMD_MAPPED: "page_pmd_mapped",
+    SCAN_EXCEED_NONE_PTE: "exceed_none_pte",
+    SCAN_EXCEED_SWAP_PTE: "exceed_swap_pte",
+    SCAN_EXCEED_SHARED_PTE: "exceed_shared_pte",
+    SCAN_PTE_NON_PRESENT: "pte_non_present",
+    SCAN_PTE_UFFD_WP: "pte_uffd_wp",
+    SCAN_PTE_MAPPED_HUGEPAGE: "pte_mapped_hugepage",
+    SCAN_LACK_REFERENCED_PAGE: "lack_referenced_page",
+    SCAN_PAGE_NULL: "page_null",
+    SCAN_SCAN_ABORT: "scan_aborted",
+    SCAN_PAGE_COUNT: "not_suitable_page_count",
+    SCAN_PAGE_LRU: "page_not_in_lru",
+    SCAN_PAGE_LOCK: "page_locked",
+    SCAN_PAGE_ANON: "page_not_anon",
+    SCAN_PAGE_LAZYFREE: "page_lazyfree",
+    SCAN_PAGE_COMPOUND: "page_compound",
+    SCAN_ANY_PROCESS: "no_process_for_page",
+    SCAN_VMA_NULL: "vma_null",
+    SCAN_VMA_CHECK: "vma_check_failed",
+    SCAN_ADDRESS_RANGE: "not_suitable_address_range",
+    SCAN_DEL_PAGE_LRU: "could_not_delete_page_from_lru",
+    SCAN_ALLOC_HUGE_PAGE_FAIL: "alloc_huge_page_failed",
+    SCAN_CGROUP_CHARGE_FAIL: "ccgroup_charge_failed",
+    SCAN_TRUNCATED: "truncated",
+    SCAN_PAGE_HAS_PRIVATE: "page_has_private",
+    SCAN_STORE_FAILED: "store_failed",
+    SCAN_COPY_MC: "copy_poisoned_page",
+    SCAN_PAGE_FILLED: "page_filled",
+    SCAN_PAGE_DIRTY_OR_WRITEBACK: "page_dirty_or_writeback",
+}
+
+_EAGAIN_BASE = {SCAN_PAGE_COUNT, SCAN_PAGE_LOCK, SCAN_PAGE_LRU, SCAN_DEL_PAGE_LRU,
+                SCAN_PAGE_FILLED}
+_EAGAIN_7_2 = _EAGAIN_BASE | {SCAN_PAGE_HAS_PRIVATE, SCAN_PAGE_DIRTY_OR_WRITEBACK}
+
+
+def madvise_collapse_errno(result: str, policy: str) -> int:
+    """``madvise_collapse_errno``: the negative errno MADV_COLLAPSE returns."""
+    if result == SCAN_ALLOC_HUGE_PAGE_FAIL:
+        return -errno.ENOMEM
+    if result in (SCAN_CGROUP_CHARGE_FAIL, SCAN_EXCEED_NONE_PTE):
+        return -errno.EBUSY
+    if result in (_EAGAIN_7_2 if policy == "linux-7.2" else _EAGAIN_BASE):
+        return -errno.EAGAIN
+    return -errno.EINVAL
