@@ -102,6 +102,85 @@ def cmd_layout(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- explain ------------------------------------------------------------------------------
+def _read_patterns(spec: str) -> list[str]:
+    if not spec.startswith("@"):
+        return [spec]
+    path = spec[1:]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [ln.strip() for ln in fh]
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _render_explain(res: dict, pattern: str, args: argparse.Namespace) -> str:
+    out = [f"policy {res['policy']}, enabled {args.enabled}"
+           + "".join(f", {k.split('/')[-1]} {v}" for k, v in _explain_knobs(args).items())]
+    out.append("before:")
+    out += [f"  {i:3d} {pattern[i:i + 64]}" for i in range(0, len(pattern), 64)]
+    for n, scan in enumerate(res["scans"], 1):
+        out.append(f"scan {n}: {scan['result']}")
+        if not scan["attempts"]:
+            out.append("  (no collapse attempt)")
+        top = max((a["order"] for a in scan["attempts"]), default=0)
+        for a in scan["attempts"]:
+            indent = "  " * (top - a["order"] + 1)
+            mark = "+" if a["result"] == "SCAN_SUCCEED" else "-"
+            out.append(f"{indent}{mark} o{a['order']}@{a['offset']:<4d} {a['result']}")
+        pic = scan["picture"]
+        out.append("  after:")
+        out += [f"    {i:3d} {pic[i:i + 64]}" for i in range(0, len(pic), 64)]
+    c = res["counters"]
+    out.append("counters:")
+    for k, v in c["vmstat"].items():
+        out.append(f"  vmstat {k} {v:+d}")
+    for size, vals in c["mthp"].items():
+        for k, v in vals.items():
+            out.append(f"  hugepages-{size}/stats/{k} {v:+d}")
+    for k, v in c["khugepaged"].items():
+        out.append(f"  khugepaged/{k} {v:+d}")
+    for w in res.get("warnings", []):
+        out.append(f"dmesg: {w}")
+    return "\n".join(out)
+
+
+def _explain_knobs(args: argparse.Namespace) -> dict[str, str]:
+    knobs = {}
+    for name in ("max_ptes_none", "max_ptes_swap", "max_ptes_shared"):
+        val = getattr(args, name)
+        if val is not None:
+            knobs[f"khugepaged/{name}"] = str(val)
+    return knobs
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Build one PMD from a pattern, run khugepaged, show every attempt."""
+    from thpsim.explain import explain
+
+    patterns = _read_patterns(args.pattern)
+    for i, pat in enumerate(patterns, 1):
+        where = f"{args.pattern[1:]}:{i}: " if args.pattern.startswith("@") else ""
+        try:
+            res = explain(pat, policy=args.policy, enabled=args.enabled,
+                          knobs=_explain_knobs(args), alloc_fail=args.alloc_fail or "",
+                          scans=args.scans, lru_batch=args.lru_batch == "on",
+                          page_size=args.page_size)
+        except OSError as e:
+            raise UsageError(f"{where}{e.filename or ''}: {e.strerror}") from None
+        except ValueError as e:
+            raise UsageError(f"{where}{e}") from None
+        if args.json:
+            print(json.dumps({k: v for k, v in res.items() if k != "warnings"}))
+        else:
+            from thpsim.explain import parse_pattern
+
+            print(_render_explain(res, parse_pattern(pat, len(res["scans"][0]["picture"])
+                                                     if res["scans"] else 512), args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thpsim", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"thpsim {__version__}")
@@ -123,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY)
     lay.add_argument("--json", action="store_true")
     lay.set_defaults(func=cmd_layout)
+
+    ex = sub.add_parser("explain", help="one PMD through khugepaged, step by step")
+    ex.add_argument("pattern", help="PMD pattern ('0*64 .*448'), or @FILE with one per line")
+    ex.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY)
+    ex.add_argument("--enabled", default="2M", help="sizes the VMA allows, e.g. 16K,64K,2M")
+    ex.add_argument("--max-ptes-none", type=int)
+    ex.add_argument("--max-ptes-swap", type=int)
+    ex.add_argument("--max-ptes-shared", type=int)
+    ex.add_argument("--alloc-fail", help="sizes whose collapse allocations fail")
+    ex.add_argument("--scans", type=int, default=1, help="khugepaged full scans to run")
+    ex.add_argument("--lru-batch", choices=("on", "off"), default="on",
+                    help="model the per-CPU LRU-batch pins (linux-7.2.md §4.6)")
+    ex.add_argument("--page-size", default="4K")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_explain)
     return ap
 
 

@@ -640,7 +640,8 @@ class Khugepaged:
         if pol.lazyfree_check and cc.is_khugepaged and not ctx.vma.flags & VM_DROPPABLE:
             lazy = pr & ((hflags & PG_LAZYFREE) > 0) & ((flags & F_DIRTY) == 0)
             cands.append((_first(lazy), 2, sr.SCAN_PAGE_LAZYFREE))
-        shared = rmap.shared_mask_row(sys, kinds, pfns) & pr
+        # own mappings are counted over the whole table, not just this range
+        shared = rmap.shared_mask_row(sys, pt.kind[row], pt.pfn[row])[off : off + n] & pr
         shared_limit = pol.isolate_shared_limit(sys, cc, order)
         shared_rank, order_rank = (4, 3) if pol.order_check_before_shared else (3, 4)
         if shared_limit is not None:

@@ -112,7 +112,7 @@ def _exclusive_present(sys: System, mm: MM, row: int, lo: int, hi: int) -> np.nd
     """PTE indices in [lo, hi) mapping folios that only ``mm`` maps."""
     pt = mm.pt
     kinds = pt.kind[row, lo:hi]
-    shared = rmap.shared_mask_row(sys, kinds, pt.pfn[row, lo:hi])
+    shared = rmap.shared_mask_row(sys, pt.kind[row], pt.pfn[row])[lo:hi]
     return lo + np.flatnonzero((kinds == PTE_PRESENT) & ~shared)
 
 
@@ -124,12 +124,14 @@ def _madvise_free(sys: System, mm: MM, vma: VMA, s: int, e: int) -> None:
     for pmd, ws, lo, hi in _windows(sys, s, e):
         huge = pt.huge.get(pmd)
         if huge is not None:
+            head = huge[0]
+            # madvise_free_huge_pmd: the huge zero page and shared folios are skipped
+            if head < 0 or not _huge_exclusive(sys, head):
+                continue
             if lo == ws and hi == ws + nr:
-                head = huge[0]
-                if head >= 0 and _huge_exclusive(sys, head):
-                    f.set(head, PG_LAZYFREE)
-                    f.clear(head, PG_DIRTY)
-                    huge[1] &= ~(F_DIRTY | F_YOUNG)
+                f.set(head, PG_LAZYFREE)
+                f.clear(head, PG_DIRTY)
+                huge[1] &= ~(F_DIRTY | F_YOUNG)
                 continue
             huge_memory.split_huge_pmd(sys, mm, pmd)
         row = pt.row(pmd)
@@ -161,8 +163,8 @@ def _madvise_cold_or_pageout(sys: System, mm: MM, vma: VMA, s: int, e: int,
         if huge is not None:
             head = huge[0]
             whole = lo == ws and hi == ws + nr
-            if head < 0 or (whole and not _huge_exclusive(sys, head)):
-                continue
+            if head < 0 or not _huge_exclusive(sys, head):
+                continue  # the huge zero page and shared folios are left alone
             if whole and not pageout:
                 huge[1] &= ~F_YOUNG
                 f.clear(head, PG_YOUNG | PG_REFERENCED)

@@ -155,7 +155,10 @@ def folio_maybe_mapped_shared(sys: System, mm: MM, head: int) -> bool:
 
 
 def shared_mask_row(sys: System, kinds: np.ndarray, pfns: np.ndarray) -> np.ndarray:
-    """Per-PTE "maybe mapped shared" for one PTE table row (vectorised)."""
+    """Per-PTE "maybe mapped shared" for one whole PTE table row (vectorised).
+
+    Pass the whole row: a large folio's own mappings are counted in it.
+    """
     f = sys.folios
     present = kinds == PTE_PRESENT
     out = np.zeros(kinds.shape, dtype=bool)
