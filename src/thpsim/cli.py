@@ -157,28 +157,67 @@ def _explain_knobs(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Build one PMD from a pattern, run khugepaged, show every attempt."""
-    from thpsim.explain import explain
+    from thpsim.explain import explain, new_system, parse_pattern
 
     patterns = _read_patterns(args.pattern)
+    if args.scans < 1:
+        raise UsageError("--scans must be at least 1")
+    try:
+        machine = new_system(args.policy, args.page_size)
+    except ValueError as e:
+        raise UsageError(f"--page-size: {e}") from None
+    nr = machine.geometry.hpage_pmd_nr
+    for i, pat in enumerate(patterns, 1):  # validate everything before any output
+        try:
+            parse_pattern(pat, nr)
+        except ValueError as e:
+            where = f"{args.pattern[1:]}:{i}: " if args.pattern.startswith("@") else ""
+            raise UsageError(f"{where}{e}") from None
+    if args.trace:
+        import os
+
+        tdir = os.path.dirname(os.path.abspath(args.trace))
+        if not os.path.isdir(tdir) or not os.access(tdir, os.W_OK):
+            raise UsageError(f"--trace {args.trace}: directory {tdir} is not writable")
+    trace_lines: list[str] = []
     for i, pat in enumerate(patterns, 1):
         where = f"{args.pattern[1:]}:{i}: " if args.pattern.startswith("@") else ""
         try:
             res = explain(pat, policy=args.policy, enabled=args.enabled,
                           knobs=_explain_knobs(args), alloc_fail=args.alloc_fail or "",
                           scans=args.scans, lru_batch=args.lru_batch == "on",
-                          page_size=args.page_size)
+                          page_size=args.page_size, trace=bool(args.trace), sys=machine)
         except OSError as e:
             raise UsageError(f"{where}{e.filename or ''}: {e.strerror}") from None
         except ValueError as e:
             raise UsageError(f"{where}{e}") from None
+        trace_lines += res.pop("trace", [])
         if args.json:
             print(json.dumps({k: v for k, v in res.items() if k != "warnings"}))
         else:
-            from thpsim.explain import parse_pattern
-
-            print(_render_explain(res, parse_pattern(pat, len(res["scans"][0]["picture"])
-                                                     if res["scans"] else 512), args))
+            print(_render_explain(res, parse_pattern(pat, nr), args))
+    if args.trace:
+        write_atomic(args.trace, "".join(line + "\n" for line in trace_lines))
     return 0
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    import os
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".thpsim-")
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        os.unlink(tmp)
+        raise UsageError(f"{path}: {e.strerror}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--lru-batch", choices=("on", "off"), default="on",
                     help="model the per-CPU LRU-batch pins (linux-7.2.md §4.6)")
     ex.add_argument("--page-size", default="4K")
-    ex.add_argument("--json", action="store_true")
+    ex.add_argument("--json", action="store_true",
+                    help="one JSON object per pattern, one per line")
+    ex.add_argument("--trace", metavar="FILE",
+                    help="write the huge_memory tracepoint lines (ftrace format) to FILE")
     ex.set_defaults(func=cmd_explain)
     return ap
 
@@ -225,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        return 0
     except UsageError as e:
         print(f"thpsim: error: {e}", file=_sys.stderr)
         return 2

@@ -29,9 +29,10 @@ import numpy as np
 from thpsim.layout import ORDER_CHARS
 from thpsim.mm import scan_result as sr
 from thpsim.mm.counters import counter_delta
+from thpsim.mm.trace import format_line
 from thpsim.system import DEFAULT_POLICY, System
 
-__all__ = ["ExplainSetup", "build_pmd", "explain", "parse_pattern", "parse_sizes"]
+__all__ = ["ExplainSetup", "build_pmd", "explain", "new_system", "parse_pattern", "parse_sizes"]
 
 ALPHABET = set(".zs0SH23456789abcd")
 _TOKEN = re.compile(r"^(.)\*(\d+)$")
@@ -102,12 +103,25 @@ class ExplainSetup:
     addr: int
 
 
+def new_system(policy: str = DEFAULT_POLICY, page_size: int | str = 4096) -> System:
+    """A machine sized for explaining PMDs (enough memory and swap for one PMD each)."""
+    small = str(page_size) in ("4096", "4K")
+    return System(memory="512M" if small else "8G", page_size=page_size,
+                  swap="64M" if small else "1G", policy=policy)
+
+
 def build_pmd(pattern: str, policy: str = DEFAULT_POLICY, enabled: list[int] | None = None,
               knobs: dict[str, str] | None = None, page_size: int | str = 4096,
-              lru_batch: bool = True, alloc_fail: list[int] | None = None) -> ExplainSetup:
-    """Build one khugepaged-eligible PMD in a MADV_HUGEPAGE VMA from ``pattern``."""
-    sys = System(memory="512M" if str(page_size) in ("4096", "4K") else "8G",
-                 page_size=page_size, swap="64M", policy=policy)
+              lru_batch: bool = True, alloc_fail: list[int] | None = None,
+              uffd: bool = False, sys: System | None = None) -> ExplainSetup:
+    """Build one khugepaged-eligible PMD in a MADV_HUGEPAGE VMA from ``pattern``.
+
+    With ``uffd`` the VMA is registered with userfaultfd (missing mode) after it
+    is populated, so khugepaged sees a uffd-armed VMA.  With ``sys`` the PMD is
+    built in a new process of that machine (batch mode reuses one machine).
+    """
+    if sys is None:
+        sys = new_system(policy, page_size)
     g = sys.geometry
     nr = g.hpage_pmd_nr
     pat = parse_pattern(pattern, nr)
@@ -138,17 +152,14 @@ def build_pmd(pattern: str, policy: str = DEFAULT_POLICY, enabled: list[int] | N
             p.touch(a, pages=np.unique(pages(ch) // (1 << order)) * (1 << order))
             s.write(size, "never")
         p.touch(a, pages=pages("0sS"))
+        if not pages("0sS23456789abcd").size:
+            # a VMA needs an anon_vma: one write then MADV_DONTNEED of that page (the
+            # first none page, or page 0 before the zero-page reads); the table stays
+            first = int(np.flatnonzero(arr == ord(".")).min()) if "." in pat else 0
+            p.touch(a, pages=[first])
+            p.madvise(a + first * g.page_size, g.page_size, "dontneed")
         if "z" in pat:
             p.touch(a, pages=pages("z"), write=False)
-        if not pages("0sS23456789abcd").size and "z" in pat:
-            # a VMA needs an anon_vma: one write then MADV_DONTNEED of that page
-            first = int(np.flatnonzero(arr == ord(".")).min()) if "." in pat else None
-            if first is not None:
-                p.touch(a, pages=[first])
-                p.madvise(a + first * g.page_size, g.page_size, "dontneed")
-        elif "z" not in pat and not pages("0sS23456789abcd").size:
-            p.touch(a, pages=[0])  # all none: give the VMA an anon_vma, keep the table
-            p.madvise(a, g.page_size, "dontneed")
         for i in pages("s").tolist():
             p.madvise(a + i * g.page_size, g.page_size, "pageout")
         if "S" in pat:
@@ -172,6 +183,8 @@ def build_pmd(pattern: str, policy: str = DEFAULT_POLICY, enabled: list[int] | N
     for k, v in (knobs or {}).items():
         s.write(k, v)
     p.madvise(a, g.pmd_size, "hugepage")
+    if uffd:
+        p.uffd_register(a, g.pmd_size, "missing")
     # "all present pages young": the construction above leaves every PTE young
     sys.khugepaged.lru_batch.enabled = lru_batch
     sys.khugepaged.alloc_fail_orders = set(alloc_fail or ())
@@ -187,19 +200,34 @@ def explain_picture(proc, addr: int) -> str:
 
 def explain(pattern: str, policy: str = DEFAULT_POLICY, enabled: str = "2M",
             knobs: dict[str, str] | None = None, alloc_fail: str = "", scans: int = 1,
-            lru_batch: bool = True, page_size: int | str = 4096) -> dict:
+            lru_batch: bool = True, page_size: int | str = 4096, uffd: bool = False,
+            trace: bool = False, sys: System | None = None) -> dict:
     """Run ``scans`` khugepaged full scans over one PMD and report every step.
 
     Returns the JSON object of the issue: ``{"policy", "scans": [{"result",
-    "attempts": [{"order", "offset", "result"}], "picture"}], "counters"}``.
+    "attempts": [{"order", "offset", "result"}], "picture"}], "counters"}``
+    (plus ``"warnings"``, and ``"trace"`` lines with ``trace``).  Passing a
+    machine from :func:`new_system` reuses it (the processes exit afterwards).
     """
-    probe = System(memory="64M" if str(page_size) in ("4096", "4K") else "2G",
-                   page_size=page_size)
-    orders = parse_sizes(enabled, probe)
-    fail = parse_sizes(alloc_fail, probe) if alloc_fail else []
-    setup = build_pmd(pattern, policy, orders, knobs, page_size, lru_batch, fail)
-    sys, p, a = setup.sys, setup.proc, setup.addr
+    if sys is None:
+        sys = new_system(policy, page_size)
+    elif sys.policy != policy:
+        raise ValueError(f"machine runs policy {sys.policy!r}, not {policy!r}")
+    saved = sys.settings.as_dict()
+    orders = parse_sizes(enabled, sys)
+    fail = parse_sizes(alloc_fail, sys) if alloc_fail else []
+    try:
+        setup = build_pmd(pattern, policy, orders, knobs, page_size, lru_batch, fail, uffd,
+                          sys=sys)
+    except Exception:
+        for proc in list(sys.processes.values()):
+            proc.exit()
+        sys.settings.apply(saved)
+        raise
+    p, a = setup.proc, setup.addr
     kh = sys.khugepaged
+    events = kh.enable_trace() if trace else None
+    n_events = len(events) if events is not None else 0
     before_counters = sys.counters.snapshot()
     before_collapsed, before_full = kh.pages_collapsed, kh.full_scans
     out_scans = []
@@ -218,7 +246,13 @@ def explain(pattern: str, policy: str = DEFAULT_POLICY, enabled: str = "2M",
     delta = counter_delta(sys.counters.snapshot(), before_counters)
     kcount = {"pages_collapsed": kh.pages_collapsed - before_collapsed,
               "full_scans": kh.full_scans - before_full}
-    return {"policy": policy, "scans": out_scans,
-            "counters": {"vmstat": delta["vmstat"], "mthp": delta["mthp"],
-                         "khugepaged": {k: v for k, v in kcount.items() if v}},
-            "warnings": list(kh.warnings)}
+    out = {"policy": policy, "scans": out_scans,
+           "counters": {"vmstat": delta["vmstat"], "mthp": delta["mthp"],
+                        "khugepaged": {k: v for k, v in kcount.items() if v}},
+           "warnings": list(kh.warnings)}
+    if events is not None:
+        out["trace"] = [format_line(ev, policy, pid=1) for ev in events[n_events:]]
+    for proc in list(sys.processes.values()):
+        proc.exit()
+    sys.settings.apply(saved)
+    return out
