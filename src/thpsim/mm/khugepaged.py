@@ -134,6 +134,9 @@ class Khugepaged:
         self.passes = 0
         self.alloc_sleeps = 0
         self.pages_scanned = 0  # PTEs examined (work metric)
+        #: decide runs of simple PMDs vectorised (same results; see _scan_batch)
+        self.batch = True
+        self._batch_len = 16
         self._policy = None
 
     # --- policy --------------------------------------------------------------------
@@ -317,6 +320,13 @@ class Khugepaged:
                     continue
                 self.scan_address = max(self.scan_address, hstart)
                 while self.scan_address < hend:
+                    if self.batch and self.trace is None:
+                        n, res, stop = self._scan_batch(mm, vma, hend, cc, budget)
+                        if n:
+                            result = res
+                            if stop:
+                                return result
+                            continue
                     ctx_progress = cc.progress
                     result, dropped = self.collapse_single_pmd(mm, vma, self.scan_address, cc)
                     if result == sr.SCAN_SUCCEED:
@@ -335,6 +345,184 @@ class Khugepaged:
             self._next_slot(mm)
         self._emit_scan(mm, cc.progress - start, self.scan_mm is None)
         return result
+
+    # --- batched scanning of simple PMDs -------------------------------------------------
+    def _scan_batch(self, mm: MM, vma: VMA, hend: int, cc: CollapseControl,
+                    budget: int) -> tuple[int, str, bool]:
+        """Scan a run of *simple* PMDs from the cursor at once.
+
+        A PMD is simple when every present PTE maps an exclusive, unpinned,
+        unlocked, clean-LRU order-0 page, with no swap entry and no uffd-wp bit,
+        in a VMA that is not uffd-armed.  For such a PMD the kernel's outcome
+        depends only on where its none/zero PTEs are and whether any page is
+        young: the scan aborts on the none limit, lacks referenced pages, makes
+        no attempt, or attempts the PMD order — which then succeeds, because the
+        batch is used only while enough order-9 blocks are free.  PMDs whose walk
+        would try mTHP orders are left to the per-PMD path.  The run stops at the
+        first PMD that is not simple, when the budget is spent, or at the end of
+        the VMA; effects, counters and records are the same as PMD by PMD.
+
+        Returns ``(pmds done, last result, call must return)``.
+        """
+        sys = self.sys
+        g = sys.geometry
+        pol = self.policy
+        nr = g.hpage_pmd_nr
+        shift = g.pmd_order
+        if (vma.uffd_armed or sys.buddy.nr_nodes > 1 or len(self.lru_batch)
+                or sys.memcg.limit_pages is not None):
+            return 0, sr.SCAN_FAIL, False
+        first = self.scan_address >> shift
+        count = min(self._batch_len, (hend >> shift) - first)
+        pt = mm.pt
+        pmds = np.arange(first, first + count)
+        rows = np.array([pt.tables.get(int(k), -1) if int(k) not in pt.huge else -1
+                         for k in pmds])
+        ok_rows = np.flatnonzero(rows < 0)
+        count = int(ok_rows[0]) if ok_rows.size else count  # stop at a PMD without a table
+        if count == 0:
+            return 0, sr.SCAN_FAIL, False
+        rows = rows[:count]
+        kinds = pt.kind[rows]
+        flags = pt.flags[rows].astype(np.int64)
+        pfns = pt.pfn[rows].astype(np.int64)
+        f = sys.folios
+        pr = kinds == PTE_PRESENT
+        nz = (kinds == PTE_NONE) | (kinds == PTE_ZERO)
+        pp = np.where(pr, pfns, 0)
+        fl = f.flags[pp].astype(np.int64)
+        bad_page = pr & ((f.order[pp] != 0) | (f.mapcount[pp] != 1) | (f.refcount[pp] != 1)
+                         | ((fl & PG_LRU) == 0)
+                         | ((fl & (PG_LOCKED | PG_LAZYFREE | PG_SWAPCACHE)) > 0))
+        bad = (kinds == PTE_SWAP) | bad_page | ((flags & F_UFFD_WP) > 0)
+        simple = ~bad.any(axis=1)
+        nonsimple = np.flatnonzero(~simple)
+        count = int(nonsimple[0]) if nonsimple.size else count
+        if count == 0:
+            self._batch_len = 16
+            return 0, sr.SCAN_FAIL, False
+        enabled = self.collapse_possible_orders(mm, vma, True)
+        pmd_only = enabled == 1 << shift
+        none_limit = pol.scan_none_limit(sys, cc, vma, pmd_only)
+        cum = np.cumsum(nz[:count], axis=1)
+        if none_limit is None:
+            abort = np.full(count, nr)
+        else:
+            over = nz[:count] & (cum > none_limit)
+            abort = np.where(over.any(axis=1), over.argmax(axis=1), nr)
+        young = pr[:count] & (((flags[:count] & F_YOUNG) > 0)
+                              | ((fl[:count] & (PG_YOUNG | PG_REFERENCED)) > 0))
+        has_young = young.any(axis=1)
+        present = pr[:count].sum(axis=1)
+        n_nz = cum[:, -1]
+        pmd_on = bool(enabled & (1 << shift))
+        if pmd_on:
+            m = sys.settings.max_ptes_none
+            attempt9 = present >= nr - m
+        else:
+            attempt9 = np.zeros(count, dtype=bool)
+        if not pol.mthp:
+            attempt9 = np.ones(count, dtype=bool)
+        mthp_orders = enabled & ((1 << shift) - 1) if pol.mthp else 0
+        # decide: 0 abort, 1 lack referenced, 2 no attempt, 3 collapse9, 4 slow
+        dec = np.full(count, 4)
+        scanned_ok = (abort == nr) & has_young
+        dec[abort < nr] = 0
+        dec[(abort == nr) & ~has_young] = 1
+        dec[scanned_ok & attempt9] = 3
+        dec[scanned_ok & ~attempt9 & (mthp_orders == 0)] = 2
+        slow = np.flatnonzero(dec == 4)
+        count = int(slow[0]) if slow.size else count
+        if count == 0:
+            self._batch_len = 16
+            return 0, sr.SCAN_FAIL, False
+        # allocations: only while sequential allocation could not fail either
+        avail = sys.buddy.buddyinfo().sum(axis=0)
+        capacity = sum(int(avail[o]) << (o - shift) for o in range(shift, len(avail)))
+        if (shift in self.alloc_fail_orders or shift in sys.buddy.fail_orders
+                or shift in sys.memcg.fail_orders):
+            capacity = 0
+        colls = np.flatnonzero(dec[:count] == 3)
+        if colls.size > capacity:
+            count = int(colls[capacity])
+            if count == 0:
+                return 0, sr.SCAN_FAIL, False
+        # walk the budget exactly as the PMD-by-PMD loop would
+        done = 0
+        stop = False
+        result = sr.SCAN_FAIL
+        collapsed: list[int] = []
+        scans = self.scans
+        c = sys.counters
+        results = {0: sr.SCAN_EXCEED_NONE_PTE, 1: sr.SCAN_LACK_REFERENCED_PAGE,
+                   2: sr.SCAN_FAIL, 3: sr.SCAN_SUCCEED}
+        per_pte = pol.budget_per_pte
+        for j in range(count):
+            d = int(dec[j])
+            vpn = int(pmds[j]) << shift
+            result = results[d]
+            examined = int(abort[j]) + 1 if d == 0 else nr
+            self.pages_scanned += examined
+            cc.progress += examined if per_pte else nr
+            scans.append((vpn, result, True))
+            if d == 0:
+                self._count_scan_abort(result)
+            done += 1
+            self.scan_address = vpn + nr
+            if d == 3:
+                collapsed.append(j)
+                self.attempts.append(Attempt(vpn, shift, 0, sr.SCAN_SUCCEED, True))
+                sys.settings.pages_collapsed += 1
+                # the attempt dropped the lock: this call returns; do_scan calls again
+                if cc.progress >= budget:
+                    stop = True
+                    break
+                cc.progress += 1
+            elif cc.progress >= budget:
+                stop = True
+                break
+        if collapsed:
+            self._batch_install(mm, vma, pmds[collapsed], rows[collapsed], pr[collapsed],
+                                n_nz[collapsed])
+            c.count_vm_event("thp_collapse_alloc", len(collapsed))
+            if pol.mthp_alloc_stats:
+                c.count_mthp_stat(shift, "collapse_alloc", len(collapsed))
+        self._batch_len = min(self._batch_len * 2, 1024) if done == count else 16
+        return done, result, stop
+
+    def _batch_install(self, mm: MM, vma: VMA, pmds: np.ndarray, rows: np.ndarray,
+                       pr: np.ndarray, n_nz: np.ndarray) -> None:
+        """PMD collapses of simple PMDs in bulk (the effects of ``_copy_and_install``)."""
+        sys = self.sys
+        g = sys.geometry
+        nr = g.hpage_pmd_nr
+        f = sys.folios
+        pt = mm.pt
+        k = len(pmds)
+        heads = sys.buddy.alloc_bulk(g.pmd_order, k)
+        assert heads.size == k and sys.memcg.try_charge(k * nr)
+        old = np.where(pr, pt.pfn[rows].astype(np.int64), -1)
+        new = heads[:, None] + np.arange(nr)[None, :]
+        content = np.where(pr, f.content[np.where(pr, old, 0)], 0)
+        f.order[heads] = g.pmd_order
+        f.flags[heads] = f.flags.dtype.type(1 | 2)  # PG_ANON | PG_LRU
+        f.node[heads] = 0
+        f.refcount[heads] = 1
+        f.content[new.ravel()] = content.ravel()
+        f.nr_live += k
+        sys.counters.count_mthp_stat(g.pmd_order, "nr_anon", k)
+        olds = old[pr]
+        f.mapcount[olds] = 0
+        f.refcount[olds] = 0
+        sys.free_folios_order0(olds)
+        writable = F_WRITE if vma.flags & VM_WRITE else 0
+        for pmd, head in zip(pmds.tolist(), heads.tolist(), strict=True):
+            pt.free_table(pmd)
+            pt.huge[pmd] = [head, F_YOUNG | F_DIRTY | writable]
+            f.entire[head] = 1
+            f.vpn[head] = pmd << g.pmd_order
+            rmap.deferred_split_folio(sys, head, partially_mapped=False)
+        mm.rss_anon += int(n_nz.sum())
 
     def _emit_scan(self, mm: MM, progress: int, finished: bool) -> None:
         if self.policy.name == "linux-7.2":
