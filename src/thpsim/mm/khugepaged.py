@@ -376,25 +376,24 @@ class Khugepaged:
         count = min(self._batch_len, (hend >> shift) - first)
         pt = mm.pt
         pmds = np.arange(first, first + count)
-        rows = np.array([pt.tables.get(int(k), -1) if int(k) not in pt.huge else -1
-                         for k in pmds])
-        ok_rows = np.flatnonzero(rows < 0)
-        count = int(ok_rows[0]) if ok_rows.size else count  # stop at a PMD without a table
-        if count == 0:
-            return 0, sr.SCAN_FAIL, False
-        rows = rows[:count]
-        kinds = pt.kind[rows]
-        flags = pt.flags[rows].astype(np.int64)
-        pfns = pt.pfn[rows].astype(np.int64)
+        tables, huge = pt.tables, pt.huge
+        # PMD level: -1 none (no table), -2 huge, else the PTE table row
+        rows = np.array([-2 if k in huge else tables.get(k, -1) for k in pmds.tolist()])
+        is_table = rows >= 0
+        trows = np.where(is_table, rows, 0)
+        kinds = pt.kind[trows]
+        flags = pt.flags[trows].astype(np.int64)
+        pfns = pt.pfn[trows].astype(np.int64)
         f = sys.folios
-        pr = kinds == PTE_PRESENT
-        nz = (kinds == PTE_NONE) | (kinds == PTE_ZERO)
+        pr = (kinds == PTE_PRESENT) & is_table[:, None]
+        nz = ((kinds == PTE_NONE) | (kinds == PTE_ZERO)) & is_table[:, None]
         pp = np.where(pr, pfns, 0)
         fl = f.flags[pp].astype(np.int64)
         bad_page = pr & ((f.order[pp] != 0) | (f.mapcount[pp] != 1) | (f.refcount[pp] != 1)
                          | ((fl & PG_LRU) == 0)
                          | ((fl & (PG_LOCKED | PG_LAZYFREE | PG_SWAPCACHE)) > 0))
-        bad = (kinds == PTE_SWAP) | bad_page | ((flags & F_UFFD_WP) > 0)
+        bad = ((kinds == PTE_SWAP) & is_table[:, None]) | bad_page \
+            | (((flags & F_UFFD_WP) > 0) & is_table[:, None])
         simple = ~bad.any(axis=1)
         nonsimple = np.flatnonzero(~simple)
         count = int(nonsimple[0]) if nonsimple.size else count
@@ -424,13 +423,15 @@ class Khugepaged:
         if not pol.mthp:
             attempt9 = np.ones(count, dtype=bool)
         mthp_orders = enabled & ((1 << shift) - 1) if pol.mthp else 0
-        # decide: 0 abort, 1 lack referenced, 2 no attempt, 3 collapse9, 4 slow
+        # decide: 0 abort, 1 lack referenced, 2 no attempt, 3 collapse9, 4 slow,
+        # 5 PMD-level result (huge or no table)
         dec = np.full(count, 4)
         scanned_ok = (abort == nr) & has_young
         dec[abort < nr] = 0
         dec[(abort == nr) & ~has_young] = 1
         dec[scanned_ok & attempt9] = 3
         dec[scanned_ok & ~attempt9 & (mthp_orders == 0)] = 2
+        dec[~is_table[:count]] = 5
         slow = np.flatnonzero(dec == 4)
         count = int(slow[0]) if slow.size else count
         if count == 0:
@@ -457,11 +458,22 @@ class Khugepaged:
         results = {0: sr.SCAN_EXCEED_NONE_PTE, 1: sr.SCAN_LACK_REFERENCED_PAGE,
                    2: sr.SCAN_FAIL, 3: sr.SCAN_SUCCEED}
         per_pte = pol.budget_per_pte
+        puds = None
         for j in range(count):
             d = int(dec[j])
             vpn = int(pmds[j]) << shift
-            result = results[d]
-            examined = int(abort[j]) + 1 if d == 0 else nr
+            if d == 5:
+                if rows[j] == -2:
+                    result = sr.SCAN_PMD_MAPPED
+                else:
+                    if puds is None:
+                        puds = self._puds(mm)
+                    no_table, none = pol.pmd_missing_results
+                    result = none if int(pmds[j]) // nr in puds else no_table
+                examined = 1
+            else:
+                result = results[d]
+                examined = int(abort[j]) + 1 if d == 0 else nr
             self.pages_scanned += examined
             cc.progress += examined if per_pte else nr
             scans.append((vpn, result, True))
@@ -542,12 +554,12 @@ class Khugepaged:
         PUD range (``mm_find_pmd`` fails), else ``SCAN_PMD_NONE`` (7.2: both
         ``SCAN_NO_PTE_TABLE``)."""
         no_table, none = self.policy.pmd_missing_results
+        return none if pmd // self.sys.geometry.ptrs_per_pte in self._puds(mm) else no_table
+
+    def _puds(self, mm: MM) -> set[int]:
+        """PUD-range indices that have a PMD table (any PMD entry not none)."""
         per = self.sys.geometry.ptrs_per_pte
-        pud = pmd // per
-        pt = mm.pt
-        if any(k // per == pud for k in pt.tables) or any(k // per == pud for k in pt.huge):
-            return none
-        return no_table
+        return {k // per for k in mm.pt.tables} | {k // per for k in mm.pt.huge}
 
     def collapse_scan_pmd(self, mm: MM, vma: VMA, pmd: int, cc: CollapseControl) -> ScanCtx:
         """``collapse_scan_pmd``: check every PTE in the kernel's order, then walk.
