@@ -103,6 +103,26 @@ class ExplainSetup:
     addr: int
 
 
+def _set(settings, path: str, value: str) -> None:
+    """Write a knob only if it changes (batch mode writes thousands of patterns)."""
+    if path == "enabled":
+        if settings.enabled != value:
+            settings.write(path, value)
+    elif path.startswith("hugepages-") and path.endswith("/enabled"):
+        kb = int(path[len("hugepages-"):].split("kB")[0])
+        if settings.order_setting(settings.geometry.order_of_kb(kb)) != value:
+            settings.write(path, value)
+    else:
+        settings.write(path, value)
+
+
+def _restore(settings, saved: dict[str, str]) -> None:
+    current = settings.as_dict()
+    changed = {k: v for k, v in saved.items() if current.get(k) != v}
+    if changed:
+        settings.apply(changed)
+
+
 def new_system(policy: str = DEFAULT_POLICY, page_size: int | str = 4096) -> System:
     """A machine sized for explaining PMDs (enough memory and swap for one PMD each)."""
     small = str(page_size) in ("4096", "4K")
@@ -128,9 +148,9 @@ def build_pmd(pattern: str, policy: str = DEFAULT_POLICY, enabled: list[int] | N
     if enabled is None:
         enabled = [g.pmd_order]
     s = sys.settings
-    s.write("enabled", "never")
+    _set(s, "enabled", "never")
     for o in g.anon_orders:
-        s.write(f"hugepages-{g.size_kb(o)}kB/enabled", "never")
+        _set(s, f"hugepages-{g.size_kb(o)}kB/enabled", "never")
     p = sys.spawn("main")
     a = p.mmap(g.pmd_size)
     arr = np.frombuffer(pat.encode(), dtype=np.uint8)
@@ -177,9 +197,9 @@ def build_pmd(pattern: str, policy: str = DEFAULT_POLICY, enabled: list[int] | N
                     j += 1
                 holder.madvise(a + i * g.page_size, (j - i) * g.page_size, "dontneed")
                 i = j
-    s.write("enabled", "madvise")
+    _set(s, "enabled", "madvise")
     for o in enabled:
-        s.write(f"hugepages-{g.size_kb(o)}kB/enabled", "madvise")
+        _set(s, f"hugepages-{g.size_kb(o)}kB/enabled", "madvise")
     for k, v in (knobs or {}).items():
         s.write(k, v)
     p.madvise(a, g.pmd_size, "hugepage")
@@ -222,7 +242,7 @@ def explain(pattern: str, policy: str = DEFAULT_POLICY, enabled: str = "2M",
     except Exception:
         for proc in list(sys.processes.values()):
             proc.exit()
-        sys.settings.apply(saved)
+        _restore(sys.settings, saved)
         raise
     p, a = setup.proc, setup.addr
     kh = sys.khugepaged
@@ -254,5 +274,5 @@ def explain(pattern: str, policy: str = DEFAULT_POLICY, enabled: str = "2M",
         out["trace"] = [format_line(ev, policy, pid=1) for ev in events[n_events:]]
     for proc in list(sys.processes.values()):
         proc.exit()
-    sys.settings.apply(saved)
+    _restore(sys.settings, saved)
     return out
