@@ -286,10 +286,6 @@ def test_multi_pmd_with_pmd_null_continues(policy):
     assert scan_results(sys) == [PMD_NULL[policy], "SCAN_SUCCEED"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model gap: khugepaged._pmd_missing infers 'no PMD table in the PUD' from the PTE "
-    "tables present now; PT_RECLAIM frees only the PTE table, the PMD table page stays, "
-    "so the kernel sees a none PMD (SCAN_PMD_NONE, not whitelisted)"))
 def test_pt_reclaimed_pmd_is_pmd_none():
     """Write a PMD, MADV_DONTNEED all of it (PT_RECLAIM frees the PTE table): the PMD
     is none inside a present PMD table -> SCAN_PMD_NONE, which stops a multi-PMD

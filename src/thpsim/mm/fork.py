@@ -26,8 +26,9 @@ def dup_mm(sys: System, parent: MM, child: MM) -> None:
     Private anon pages become shared: both sides are write-protected (a later
     write COWs), the child's PTEs are old (``pte_mkold``), swap entries gain a
     reference.  uffd registrations are not inherited (no EVENT_FORK), and the
-    child gets its own anon_vma.  ``khugepaged_fork`` registers the child if
-    the parent was registered.
+    child gets its own anon_vma.  A VMA without an anon_vma (only read-faulted)
+    gets no page tables (``vma_needs_copy``).  ``khugepaged_fork`` registers
+    the child if the parent was registered.
     """
     g = sys.geometry
     ppt, cpt = parent.pt, child.pt
@@ -37,6 +38,8 @@ def dup_mm(sys: System, parent: MM, child: MM) -> None:
         cv = vma.copy(flags=vma.flags & ~VM_UFFD_ANY,
                       anon_vma=new_anon_vma_id() if vma.anon_vma else 0)
         child.vmas.insert(cv)
+        if not vma.anon_vma:
+            continue  # vma_needs_copy: nothing private to copy, faults refill it
         for pmd in range(vma.start >> g.pmd_order, ((vma.end - 1) >> g.pmd_order) + 1):
             ws = pmd << g.pmd_order
             lo, hi = max(vma.start, ws) - ws, min(vma.end, ws + g.hpage_pmd_nr) - ws
@@ -80,4 +83,5 @@ def exit_mmap(sys: System, mm: MM) -> None:
         mm.vmas.remove(vma)
     for pmd in list(mm.pt.tables):
         mm.pt.free_table(pmd)
+    mm.pt.puds.clear()
     sys.khugepaged.exit_mm(mm)

@@ -552,14 +552,14 @@ class Khugepaged:
     def _pmd_missing(self, mm: MM, pmd: int) -> str:
         """PMD lookup of a none PMD: ``SCAN_PMD_NULL`` if no PMD table exists for its
         PUD range (``mm_find_pmd`` fails), else ``SCAN_PMD_NONE`` (7.2: both
-        ``SCAN_NO_PTE_TABLE``)."""
+        ``SCAN_NO_PTE_TABLE``).  A PMD table appears with the first page table or
+        huge mapping in its PUD range and goes only when munmap/exit free the range."""
         no_table, none = self.policy.pmd_missing_results
         return none if pmd // self.sys.geometry.ptrs_per_pte in self._puds(mm) else no_table
 
     def _puds(self, mm: MM) -> set[int]:
-        """PUD-range indices that have a PMD table (any PMD entry not none)."""
-        per = self.sys.geometry.ptrs_per_pte
-        return {k // per for k in mm.pt.tables} | {k // per for k in mm.pt.huge}
+        """PUD-range indices that have a PMD table."""
+        return mm.pt.puds
 
     def collapse_scan_pmd(self, mm: MM, vma: VMA, pmd: int, cc: CollapseControl) -> ScanCtx:
         """``collapse_scan_pmd``: check every PTE in the kernel's order, then walk.

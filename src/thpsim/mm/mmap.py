@@ -108,7 +108,8 @@ def do_munmap(sys: System, mm: MM, start: int, end: int) -> int:
             vma, _ = split_vma(sys, mm, vma, end)
         zap_page_range(sys, mm, vma.start, vma.end)
         mm.vmas.remove(vma)
-    # free_pgtables: a PTE table no remaining VMA overlaps goes away
+    # free_pgtables: a PTE table no remaining VMA overlaps goes away, and so does a
+    # PMD table whose whole PUD range no VMA overlaps
     shift = g.pmd_order
     for pmd in range(start >> shift, ((end - 1) >> shift) + 1):
         ws = pmd << shift
@@ -116,6 +117,10 @@ def do_munmap(sys: System, mm: MM, start: int, end: int) -> int:
             continue
         if pmd in mm.pt.tables:
             mm.pt.free_table(pmd)
+    pud_pages = g.hpage_pmd_nr * g.ptrs_per_pte
+    for pud in range(start // pud_pages, (end - 1) // pud_pages + 1):
+        if not mm.vmas.overlapping(pud * pud_pages, (pud + 1) * pud_pages):
+            mm.pt.puds.discard(pud)
     return 0
 
 

@@ -41,6 +41,19 @@ F_WRITE = 8  # hardware-writable; cleared by fork so that a write COWs
 HUGE_ZERO_PFN = -2
 
 
+class _HugePMDs(dict):
+    """pmd index -> [head pfn, flags]; installing one populates its PMD table."""
+
+    def __init__(self, puds: set[int], per: int) -> None:
+        super().__init__()
+        self._puds = puds
+        self._per = per
+
+    def __setitem__(self, pmd: int, entry: list[int]) -> None:
+        self._puds.add(pmd // self._per)
+        super().__setitem__(pmd, entry)
+
+
 class PageTables:
     """The page tables of one address space.
 
@@ -57,8 +70,11 @@ class PageTables:
         self.kind = np.zeros((initial_rows, self.nr), dtype=np.uint8)
         self.pfn = np.zeros((initial_rows, self.nr), dtype=np.int32)
         self.flags = np.zeros((initial_rows, self.nr), dtype=np.uint8)
+        #: PUD-range indices whose PMD table page exists (``mm_find_pmd`` succeeds);
+        #: a PMD table stays until munmap/exit frees the whole PUD range
+        self.puds: set[int] = set()
         self.tables: dict[int, int] = {}
-        self.huge: dict[int, list[int]] = {}
+        self.huge: dict[int, list[int]] = _HugePMDs(self.puds, geometry.ptrs_per_pte)
         self._free_rows = list(range(initial_rows - 1, -1, -1))
 
     # --- PMD level ------------------------------------------------------------
@@ -72,6 +88,7 @@ class PageTables:
         if not self._free_rows:
             self._grow()
         r = self._free_rows.pop()
+        self.puds.add(pmd // self.nr)
         self.kind[r] = 0
         self.pfn[r] = 0
         self.flags[r] = 0
