@@ -90,6 +90,7 @@ class ScanCtx:
     node: int = 0
     lock_dropped: bool = False
     result: str = sr.SCAN_FAIL
+    shared_row: np.ndarray | None = None
     attempts: list = field(default_factory=list)
 
 
@@ -613,6 +614,9 @@ class Khugepaged:
             lazy = pr & ((hflags & PG_LAZYFREE) > 0) & ((flags & F_DIRTY) == 0)
             cands.append((_first(lazy), 3, sr.SCAN_PAGE_LAZYFREE))
         shared = rmap.shared_mask_row(sys, kinds, pfns) & pr
+        # valid for the whole walk: a collapse makes an exclusive folio of its own
+        # range and touches no other PTE, so other ranges keep their sharing
+        ctx.shared_row = shared
         shared_limit = pol.scan_shared_limit(sys, cc)
         if shared_limit is not None:
             cands.append((_first(shared & (np.cumsum(shared) > shared_limit)), 4,
@@ -840,8 +844,10 @@ class Khugepaged:
         if pol.lazyfree_check and cc.is_khugepaged and not ctx.vma.flags & VM_DROPPABLE:
             lazy = pr & ((hflags & PG_LAZYFREE) > 0) & ((flags & F_DIRTY) == 0)
             cands.append((_first(lazy), 2, sr.SCAN_PAGE_LAZYFREE))
-        # own mappings are counted over the whole table, not just this range
-        shared = rmap.shared_mask_row(sys, pt.kind[row], pt.pfn[row])[off : off + n] & pr
+        if ctx.shared_row is not None:
+            shared = ctx.shared_row[off : off + n] & pr
+        else:  # own mappings are counted over the whole table, not just this range
+            shared = rmap.shared_mask_row(sys, pt.kind[row], pt.pfn[row])[off : off + n] & pr
         shared_limit = pol.isolate_shared_limit(sys, cc, order)
         shared_rank, order_rank = (4, 3) if pol.order_check_before_shared else (3, 4)
         if shared_limit is not None:
