@@ -324,7 +324,8 @@ def deferred_split_scan(sys: System, nr_to_scan: int | None = None) -> int:
     """The deferred-split shrinker under memory pressure; returns folios split.
 
     Partially mapped folios are split; others (queued by ``shrink_underused``)
-    are split when :func:`thp_underused`; mlocked ones are skipped.
+    are split when :func:`thp_underused`; mlocked ones are skipped.  Only a
+    partially mapped folio whose split failed stays queued.
     """
     split = 0
     queue = list(sys.deferred)
@@ -338,13 +339,12 @@ def deferred_split_scan(sys: System, nr_to_scan: int | None = None) -> int:
             if split_folio(sys, head):
                 split += 1
             continue
-        if f.test(head, PG_MLOCKED):
+        if not f.test(head, PG_MLOCKED) and thp_underused(sys, head) \
+                and split_folio(sys, head):
+            sys.counters.count_vm_event("thp_underused_split_page")
+            split += 1
             continue
-        if thp_underused(sys, head):
-            if split_folio(sys, head):
-                sys.counters.count_vm_event("thp_underused_split_page")
-                split += 1
-            continue
+        # mlocked, not underused or the split failed: considered used, not requeued
         sys.deferred.pop(head, None)
         f.clear(head, PG_DEFERRED)
     return split

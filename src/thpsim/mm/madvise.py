@@ -91,16 +91,16 @@ def _huge_exclusive(sys: System, head: int) -> bool:
 
 
 def _split_partial_large(sys: System, mm: MM, row: int, lo: int, hi: int) -> None:
-    """Split exclusive large folios that ``[lo, hi)`` (PTE indices) only partly covers."""
+    """Split exclusive large folios that ``[lo, hi)`` (PTE indices) only partly covers,
+    or that are only partly mapped (the PTE batch is shorter than the folio)."""
     pt = mm.pt
     f = sys.folios
-    for edge in {lo, hi - 1}:
-        if pt.kind[row, edge] != PTE_PRESENT:
-            continue
-        head = int(f.heads_of(np.array([pt.pfn[row, edge]]))[0])
+    present = lo + np.flatnonzero(pt.kind[row, lo:hi] == PTE_PRESENT)
+    if not present.size:
+        return
+    heads = np.unique(f.heads_of(pt.pfn[row, present].astype(np.int64)))
+    for head in heads[f.order[heads] > 0].tolist():
         n = f.nr_pages(head)
-        if n == 1:
-            continue
         pf = pt.pfn[row]
         mine = np.flatnonzero((pt.kind[row] == PTE_PRESENT) & (pf >= head) & (pf < head + n))
         partial = mine.size and (mine[0] < lo or mine[-1] >= hi or mine.size < n)

@@ -170,11 +170,10 @@ def do_anonymous_page(sys: System, mm: MM, vma: VMA, row: int, vpn: int) -> None
             continue
         n = 1 << order
         s = (vpn & (pt.nr - 1)) & ~(n - 1)
-        pfns = np.arange(head, head + n, dtype=np.int64)
         pt.kind[row, s : s + n] = PTE_PRESENT
-        pt.pfn[row, s : s + n] = pfns
+        pt.pfn[row, s : s + n] = np.arange(head, head + n, dtype=np.int32)
         pt.flags[row, s : s + n] = NEW_PTE_FLAGS
-        rmap.folio_add_ptes(sys, pfns)
+        rmap.folio_add_new_ptes(sys, head, n)
         mm.rss_anon += n
         if order:
             sys.counters.count_mthp_stat(order, "anon_fault_alloc")
@@ -195,13 +194,13 @@ def wp_page_copy(sys: System, mm: MM, vma: VMA, row: int, i: int) -> None:
         pt.kind[row, i] = PTE_PRESENT
         pt.pfn[row, i] = head
         pt.flags[row, i] = NEW_PTE_FLAGS
-        rmap.folio_add_ptes(sys, np.array([head]))
+        rmap.folio_add_new_ptes(sys, head, 1)
         rmap.folio_remove_ptes(sys, np.array([old]))
     else:  # zero page
         pt.kind[row, i] = PTE_PRESENT
         pt.pfn[row, i] = head
         pt.flags[row, i] = NEW_PTE_FLAGS
-        rmap.folio_add_ptes(sys, np.array([head]))
+        rmap.folio_add_new_ptes(sys, head, 1)
         mm.rss_anon += 1
 
 
@@ -230,7 +229,7 @@ def do_swap_page(sys: System, mm: MM, vma: VMA, row: int, i: int, write: bool) -
     head = swapfile.swapin_folio(sys, slot)
     pt.kind[row, i] = PTE_PRESENT
     pt.pfn[row, i] = head
-    rmap.folio_add_ptes(sys, np.array([head]))
+    rmap.folio_add_new_ptes(sys, head, 1)  # order 0: one more mapping of the page
     mm.rss_anon += 1
     mm.rss_swap -= 1
     swapfile.swap_free(sys, np.array([slot]))
@@ -262,7 +261,13 @@ def touch_pages(sys: System, mm: MM, vpns: np.ndarray, write: bool, populate: bo
     int
         Number of pages touched.
     """
-    vpns = np.unique(np.asarray(vpns, dtype=np.int64))
+    vpns = np.asarray(vpns, dtype=np.int64)
+    if vpns.size == 1:
+        vma = mm.vmas.find(int(vpns[0]))
+        if vma is not None:
+            _touch_pmd(sys, mm, vma, vpns, write, populate)
+            return 1
+    vpns = np.unique(vpns)
     if vpns.size == 0:
         return 0
     shift = sys.geometry.pmd_order
@@ -334,9 +339,11 @@ def _resolve_faults(sys: System, mm: MM, vma: VMA, row: int, pmd: int, idx: np.n
     # Order-0 COW of zero pages, and order-0 anonymous faults where no mTHP order
     # can apply, are independent of each other: do them in one vectorised step.
     bulk = kinds == PTE_ZERO
-    if not fault_orders(sys, mm, vma, base + int(idx[0])) and \
-            not fault_orders(sys, mm, vma, base + int(idx[-1])):
-        bulk |= kinds == PTE_NONE
+    none = kinds == PTE_NONE
+    if none.any():
+        # a none PTE none of whose candidate blocks fits the VMA faults order 0; no
+        # block of another fault can contain it either (it would be the same block)
+        bulk |= none & ~_mthp_suitable(sys, mm, vma, base + idx)
     if bulk.any() and _bulk_order0(sys, mm, vma, row, idx[bulk]):
         idx = idx[~bulk]
     for i in idx.tolist():
@@ -344,6 +351,21 @@ def _resolve_faults(sys: System, mm: MM, vma: VMA, row: int, pmd: int, idx: np.n
         if k == PTE_PRESENT and pt.flags[row, i] & F_WRITE:
             continue  # filled by an earlier fault of this batch (mTHP block)
         handle_mm_fault(sys, mm, base + i, True)
+
+
+def _mthp_suitable(sys: System, mm: MM, vma: VMA, vpns: np.ndarray) -> np.ndarray:
+    """Vectorised ``bool(fault_orders(vpn))`` for many addresses of one VMA."""
+    ok = np.zeros(vpns.shape, dtype=bool)
+    if vma.uffd_armed:
+        return ok
+    g = sys.geometry
+    mask = thp_vma_allowable_orders(sys, mm, vma, TVA_PAGEFAULT,
+                                    ((1 << g.pmd_order) - 1) & ~0b11)
+    for order in range(2, g.pmd_order):
+        if mask & (1 << order):
+            start = vpns & ~((1 << order) - 1)
+            ok |= (start >= vma.start) & (start + (1 << order) <= vma.end)
+    return ok
 
 
 def _bulk_order0(sys: System, mm: MM, vma: VMA, row: int, idx: np.ndarray) -> bool:
@@ -356,7 +378,8 @@ def _bulk_order0(sys: System, mm: MM, vma: VMA, row: int, idx: np.ndarray) -> bo
     pt.kind[row, idx] = PTE_PRESENT
     pt.pfn[row, idx] = pfns
     pt.flags[row, idx] = NEW_PTE_FLAGS
-    rmap.folio_add_ptes(sys, pfns)
+    sys.folios.mapcount[pfns] += 1  # fresh order-0 folios: page == folio
+    sys.folios.refcount[pfns] += 1
     mm.rss_anon += idx.size
     del was_zero  # zero pages are not counted in RSS, so every new page adds one
     return True
@@ -368,7 +391,7 @@ def zap_page_range(sys: System, mm: MM, start: int, end: int, reclaim_pt: bool =
 
     A huge PMD fully inside the range is zapped whole (its deposited table goes
     too); one partly inside is split first.  With ``reclaim_pt`` (PT_RECLAIM,
-    MADV_DONTNEED over at least a PMD) PTE tables left empty are freed.
+    MADV_DONTNEED) a PTE table the range covers whole is freed once empty.
     """
     pt = mm.pt
     nr = pt.nr
@@ -399,5 +422,5 @@ def zap_page_range(sys: System, mm: MM, start: int, end: int, reclaim_pt: bool =
         pt.kind[row, sl] = PTE_NONE
         pt.pfn[row, sl] = 0
         pt.flags[row, sl] = 0
-        if reclaim_pt and end - start >= nr and not pt.kind[row].any():
+        if reclaim_pt and e - s == nr and not pt.kind[row].any():  # a whole table
             pt.free_table(pmd)

@@ -60,10 +60,11 @@ def vma_modify_flags(sys: System, mm: MM, vma: VMA, start: int, end: int, new_fl
 
 
 def get_unmapped_area(sys: System, mm: MM, nr_pages: int) -> int:
-    """Lowest free range above ``mmap_base``; PMD-aligned for lengths of a PMD
-    or more (``thp_get_unmapped_area`` for anonymous mappings)."""
+    """Lowest free range above ``mmap_base``; PMD-aligned for lengths that are a
+    multiple of the PMD size (``thp_get_unmapped_area`` for anonymous mappings,
+    Linux 6.12+)."""
     g = sys.geometry
-    align = g.hpage_pmd_nr if nr_pages >= g.hpage_pmd_nr else 1
+    align = g.hpage_pmd_nr if nr_pages % g.hpage_pmd_nr == 0 else 1
     addr = mm.mmap_base
     for v in mm.vmas:
         if v.end <= addr:

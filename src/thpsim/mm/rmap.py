@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "deferred_split_folio",
+    "folio_add_new_ptes",
     "folio_add_pmd",
     "folio_add_ptes",
     "folio_maybe_mapped_shared",
@@ -43,6 +44,13 @@ def folio_add_ptes(sys: System, pfns: np.ndarray) -> None:
     heads = f.heads_of(pfns)
     uh, cnt = np.unique(heads, return_counts=True)
     f.refcount[uh] += cnt.astype(np.int32)
+
+
+def folio_add_new_ptes(sys: System, head: int, nr: int) -> None:
+    """Map all ``nr`` pages of folio ``head`` once each (a new folio; no lookups)."""
+    f = sys.folios
+    f.mapcount[head : head + nr] += 1
+    f.refcount[head] += nr
 
 
 def folio_add_pmd(sys: System, head: int) -> None:

@@ -102,9 +102,10 @@ def reclaim_ptes(sys: System, mm, row: int, idx: np.ndarray) -> int:
 
     Every folio must lie wholly inside ``idx`` and be mapped only by ``mm``
     (the caller splits and filters).  Pinned folios and swap-cache folios are
-    skipped.  Clean lazy-free folios are discarded (PTEs become none); the
-    others are written to swap if the device has room, one swap entry per
-    page.  Returns the number of pages reclaimed.
+    skipped.  Clean lazy-free folios are discarded (PTEs become none); dirty
+    ones stay mapped and lose the lazy-free mark; the others are written to
+    swap if the device has room, one swap entry per page.  Returns the number
+    of pages reclaimed.
     """
     pt = mm.pt
     f = sys.folios
@@ -133,10 +134,15 @@ def reclaim_ptes(sys: System, mm, row: int, idx: np.ndarray) -> int:
         mm.rss_anon -= d.size
         rmap.folio_remove_ptes(sys, pfns[discard])
         done += d.size
+    # A lazy-free folio written since MADV_FREE cannot be dropped: try_to_unmap
+    # fails, the folio becomes swap-backed again and stays mapped this time.
+    redirtied = ok & lazy & ~clean_lazy
+    if redirtied.any():
+        f.flags[uh[redirtied]] &= ~np.uint16(PG_LAZYFREE)
     dev = sys.swap
     if dev is None:
         return done
-    want = ok & ~clean_lazy
+    want = ok & ~lazy
     # whole folios only, in address order, while slots last
     sizes = np.left_shift(1, orders.astype(np.int64))
     fits = np.cumsum(np.where(want, sizes, 0)) <= dev.nr_free
