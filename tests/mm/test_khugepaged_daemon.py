@@ -252,7 +252,7 @@ def test_trace_swapin_ret_is_the_enum_number():
     # E11b: o8@0 passes the swap-in step (no swap entry in 0-255), o8@256 bails out
     assert swapins[0].endswith("swapped_in=0, referenced=511, ret=1, order=8")
     assert swapins[1].endswith("swapped_in=0, referenced=511, ret=5, order=8")
-    sys, v11 = _trace_for("v11", range(512), swap_page=300, sizes=mthp, mpn="511")
+    _, v11 = _trace_for("v11", range(512), swap_page=300, sizes=mthp, mpn="511")
     sw = [t for ev, t in v11 if ev == "mm_collapse_huge_page_swapin"]
     assert any("ret=6, order=" in t for t in sw)
 
