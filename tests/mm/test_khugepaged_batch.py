@@ -67,7 +67,7 @@ def _run(batch: bool, policy, kinds, sizes, mpn, budget, scans, seed):
             np.array_equal(p.peek(a, n * PMD), p.peek(a, n * PMD)))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["legacy", "v11", "linux-7.2"]),
        st.lists(st.sampled_from(KINDS), min_size=1, max_size=12),
        st.sampled_from([(2048,), (64, 2048), (64,), (16, 64, 2048)]),

@@ -432,6 +432,11 @@ class Khugepaged:
         dec[(abort == nr) & ~has_young] = 1
         dec[scanned_ok & attempt9] = 3
         dec[scanned_ok & ~attempt9 & (mthp_orders == 0)] = 2
+        # 6: the mTHP walk on a simple PMD whose present pages are all young — then
+        # every attempt the walk makes succeeds (isolate rechecks the same none limit,
+        # nothing is shared, pinned or swapped, and every non-empty range is young)
+        all_young = ~(pr[:count] & ~young).any(axis=1)
+        dec[scanned_ok & ~attempt9 & (mthp_orders != 0) & all_young] = 6
         dec[~is_table[:count]] = 5
         slow = np.flatnonzero(dec == 4)
         count = int(slow[0]) if slow.size else count
@@ -441,12 +446,20 @@ class Khugepaged:
         # allocations: only while sequential allocation could not fail either
         avail = sys.buddy.buddyinfo().sum(axis=0)
         capacity = sum(int(avail[o]) << (o - shift) for o in range(shift, len(avail)))
-        if (shift in self.alloc_fail_orders or shift in sys.buddy.fail_orders
-                or shift in sys.memcg.fail_orders):
-            capacity = 0
-        colls = np.flatnonzero(dec[:count] == 3)
-        if colls.size > capacity:
-            count = int(colls[capacity])
+        if self.alloc_fail_orders or sys.buddy.fail_orders or sys.memcg.fail_orders:
+            capacity = 0  # failure injection: leave every attempt to the exact path
+        walks: dict[int, list[tuple[int, int]]] = {}
+        if (dec[:count] == 6).any():
+            thresholds = self._mthp_thresholds(cc, mthp_orders)
+            for j in np.flatnonzero(dec[:count] == 6).tolist():
+                walks[j] = self._simple_walk(pr[j], mthp_orders, thresholds)
+        # each collapse of any order needs at most one order-9 block's worth here
+        need_units = np.where(dec[:count] == 3, 1, 0)
+        for j, w in walks.items():
+            need_units[j] = sum(-(-(1 << o) // nr) for o, _ in w)
+        units = np.cumsum(need_units)
+        if units.size and units[-1] > capacity:
+            count = int(np.argmax(units > capacity))
             if count == 0:
                 return 0, sr.SCAN_FAIL, False
         # walk the budget exactly as the PMD-by-PMD loop would
@@ -454,10 +467,11 @@ class Khugepaged:
         stop = False
         result = sr.SCAN_FAIL
         collapsed: list[int] = []
+        mthp_done: list[tuple[int, int, int]] = []
         scans = self.scans
         c = sys.counters
         results = {0: sr.SCAN_EXCEED_NONE_PTE, 1: sr.SCAN_LACK_REFERENCED_PAGE,
-                   2: sr.SCAN_FAIL, 3: sr.SCAN_SUCCEED}
+                   2: sr.SCAN_FAIL, 3: sr.SCAN_SUCCEED, 6: sr.SCAN_FAIL}
         per_pte = pol.budget_per_pte
         puds = None
         for j in range(count):
@@ -482,6 +496,24 @@ class Khugepaged:
                 self._count_scan_abort(result)
             done += 1
             self.scan_address = vpn + nr
+            if d == 6:
+                if not walks[j]:
+                    result = sr.SCAN_FAIL  # no range met its threshold: no attempt
+                    if cc.progress >= budget:
+                        stop = True
+                        break
+                    continue
+                result = sr.SCAN_SUCCEED
+                scans[-1] = (vpn, result, True)
+                for order, off in walks[j]:
+                    self.attempts.append(Attempt(vpn, order, off, sr.SCAN_SUCCEED, True))
+                    mthp_done.append((j, order, off))
+                sys.settings.pages_collapsed += 1
+                if cc.progress >= budget:
+                    stop = True
+                    break
+                cc.progress += 1
+                continue
             if d == 3:
                 collapsed.append(j)
                 self.attempts.append(Attempt(vpn, shift, 0, sr.SCAN_SUCCEED, True))
@@ -500,8 +532,92 @@ class Khugepaged:
             c.count_vm_event("thp_collapse_alloc", len(collapsed))
             if pol.mthp_alloc_stats:
                 c.count_mthp_stat(shift, "collapse_alloc", len(collapsed))
+        if mthp_done:
+            self._batch_install_mthp(mm, vma, pmds, rows, mthp_done)
         self._batch_len = min(self._batch_len * 2, 1024) if done == count else 16
         return done, result, stop
+
+    def _mthp_thresholds(self, cc: CollapseControl, orders: int) -> dict[int, int]:
+        """Minimum present PTEs per enabled mTHP order (the walk's threshold)."""
+        sys = self.sys
+        pol = self.policy
+        out = {}
+        for order in range(2, sys.geometry.pmd_order):
+            if not orders & (1 << order):
+                continue
+            if pol.name == "linux-7.2":
+                max_none = pol.collapse_max_ptes_none(self, cc, None, order)
+            else:
+                max_none = pol.collapse_max_ptes_none(sys, order)
+            out[order] = (1 << order) - max_none
+        return out
+
+    def _simple_walk(self, present: np.ndarray, orders: int,
+                     thresholds: dict[int, int]) -> list[tuple[int, int]]:
+        """The collapses the order walk makes in a simple PMD below the PMD order:
+        depth first, left first, an enabled block meeting its threshold collapses and
+        is not descended (both policies' walks attempt exactly these, in this order)."""
+        g = self.sys.geometry
+        prefix = np.concatenate(([0], np.cumsum(present))).tolist()
+        out: list[tuple[int, int]] = []
+        top = g.pmd_order - 1
+        lowest = min(thresholds)
+        stack = [(top, off) for off in range((1 << g.pmd_order) - (1 << top), -1, -(1 << top))]
+        while stack:
+            order, off = stack.pop()
+            n = 1 << order
+            if order in thresholds and prefix[off + n] - prefix[off] >= thresholds[order]:
+                out.append((order, off))
+                continue
+            if order > lowest:
+                stack.append((order - 1, off + n // 2))
+                stack.append((order - 1, off))
+        return out
+
+    def _batch_install_mthp(self, mm: MM, vma: VMA, pmds: np.ndarray, rows: np.ndarray,
+                            done: list[tuple[int, int, int]]) -> None:
+        """mTHP collapses in simple PMDs in bulk (the effects of ``_copy_and_install``)."""
+        sys = self.sys
+        g = sys.geometry
+        f = sys.folios
+        pt = mm.pt
+        c = sys.counters
+        pol = self.policy
+        writable = F_WRITE if vma.flags & VM_WRITE else 0
+        by_order: dict[int, list[tuple[int, int]]] = {}
+        for j, order, off in done:
+            by_order.setdefault(order, []).append((j, off))
+        for order, items in sorted(by_order.items(), reverse=True):
+            n = 1 << order
+            heads = sys.buddy.alloc_bulk(order, len(items))
+            assert heads.size == len(items) and sys.memcg.try_charge(len(items) * n)
+            r = rows[[j for j, _ in items]]
+            offs = np.array([off for _, off in items])
+            cols = offs[:, None] + np.arange(n)[None, :]
+            kinds = pt.kind[r[:, None], cols]
+            old = pt.pfn[r[:, None], cols].astype(np.int64)
+            pr = kinds == PTE_PRESENT
+            new = heads[:, None] + np.arange(n)[None, :]
+            f.content[new.ravel()] = np.where(pr, f.content[np.where(pr, old, 0)], 0).ravel()
+            f.order[heads] = order
+            f.flags[heads] = f.flags.dtype.type(1 | 2)  # PG_ANON | PG_LRU
+            f.node[heads] = 0
+            f.refcount[heads] = n
+            f.mapcount[new.ravel()] = 1
+            f.nr_live += len(items)
+            for (j, off), head in zip(items, heads.tolist(), strict=True):
+                f.vpn[head] = (int(pmds[j]) << g.pmd_order) + off
+            c.count_mthp_stat(order, "nr_anon", len(items))
+            if pol.mthp_alloc_stats:
+                c.count_mthp_stat(order, "collapse_alloc", len(items))
+            olds = old[pr]
+            f.mapcount[olds] = 0
+            f.refcount[olds] = 0
+            sys.free_folios_order0(olds)
+            mm.rss_anon += int((~pr).sum())
+            pt.kind[r[:, None], cols] = PTE_PRESENT
+            pt.pfn[r[:, None], cols] = new
+            pt.flags[r[:, None], cols] = F_YOUNG | F_DIRTY | writable
 
     def _batch_install(self, mm: MM, vma: VMA, pmds: np.ndarray, rows: np.ndarray,
                        pr: np.ndarray, n_nz: np.ndarray) -> None:
