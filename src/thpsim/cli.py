@@ -220,6 +220,64 @@ def write_atomic(path: str, text: str) -> None:
         raise UsageError(f"{path}: {e.strerror}") from None
 
 
+# --- scenario -----------------------------------------------------------------------------
+EXECUTOR_NAMES = ("model", "host", "vm")
+
+
+def _load_scenario(path: str):
+    from thpsim.scenario.spec import ScenarioError, load_scenario
+
+    try:
+        return load_scenario(path)
+    except ScenarioError as e:
+        raise UsageError(str(e)) from None
+
+
+def _run_scenario(sc, on: str, policy: str, trace: bool = False, flag: str = "--on") -> dict:
+    from thpsim.scenario.executors import ExecutorUnavailable, run_scenario
+
+    try:
+        return run_scenario(sc, on, policy=policy if on == "model" else None, trace=trace)
+    except ExecutorUnavailable as e:
+        raise UsageError(f"{flag} {on}: {e}") from None
+
+
+def cmd_scenario_run(args: argparse.Namespace) -> int:
+    """Run one scenario file; exit 1 if one of its expectations for this policy fails."""
+    from thpsim.scenario.expect import check_expectations
+    from thpsim.scenario.report import render_result
+
+    sc = _load_scenario(args.file)
+    if args.trace:
+        import os
+
+        tdir = os.path.dirname(os.path.abspath(args.trace))
+        if not os.path.isdir(tdir) or not os.access(tdir, os.W_OK):
+            raise UsageError(f"--trace {args.trace}: directory {tdir} is not writable")
+    res = _run_scenario(sc, args.on, args.policy, trace=bool(args.trace))
+    if args.trace:
+        write_atomic(args.trace, "".join(line + "\n" for line in res.get("trace", [])))
+    expect = check_expectations(sc, res)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(render_result(sc, res, expect))
+    return 0 if expect.ok else 1
+
+
+def cmd_scenario_diff(args: argparse.Namespace) -> int:
+    """Run one scenario on two executors/policies and diff: 0 equal, 1 different."""
+    from thpsim.scenario.diff import diff_scenario
+    from thpsim.scenario.report import render_diff
+
+    sc = _load_scenario(args.file)
+    a = _run_scenario(sc, args.on, args.policy)
+    b = _run_scenario(sc, args.vs, args.policy_vs, flag="--vs")
+    rep = diff_scenario(sc, a, b)
+    print(render_diff(sc, a, b, rep))
+    return rep.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thpsim", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"thpsim {__version__}")
@@ -259,6 +317,28 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--trace", metavar="FILE",
                     help="write the huge_memory tracepoint lines (ftrace format) to FILE")
     ex.set_defaults(func=cmd_explain)
+
+    sc = sub.add_parser("scenario", help="run scenario files (TOML) and diff executors")
+    scsub = sc.add_subparsers(dest="scenario_cmd", required=True)
+    run = scsub.add_parser("run", help="run a scenario and print its result")
+    run.add_argument("file", help="scenario file (docs/scenarios.md)")
+    run.add_argument("--on", choices=EXECUTOR_NAMES, default="model", help="executor")
+    run.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
+                     help="khugepaged policy of the model")
+    run.add_argument("--json", action="store_true", help="print the result document")
+    run.add_argument("--trace", metavar="FILE",
+                     help="write the huge_memory tracepoint lines (ftrace format) to FILE")
+    run.set_defaults(func=cmd_scenario_run)
+    dif = scsub.add_parser("diff", help="run a scenario twice and compare (exit 0 equal, "
+                                        "1 different, 2 could not run)")
+    dif.add_argument("file", help="scenario file")
+    dif.add_argument("--on", choices=EXECUTOR_NAMES, default="model", help="first executor")
+    dif.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
+                     help="model policy of the first run")
+    dif.add_argument("--vs", choices=EXECUTOR_NAMES, default="model", help="second executor")
+    dif.add_argument("--policy-vs", choices=POLICIES, default=DEFAULT_POLICY,
+                     help="model policy of the second run")
+    dif.set_defaults(func=cmd_scenario_diff)
     return ap
 
 
