@@ -278,6 +278,13 @@ def cmd_scenario_diff(args: argparse.Namespace) -> int:
     return rep.exit_code
 
 
+def cmd_host_restore(args: argparse.Namespace) -> int:
+    """Undo the THP knob changes of a host run that was killed outright."""
+    from thpsim.host.thp_sysfs import DEFAULT_STATE_FILE, cli_restore
+
+    return cli_restore(args.state_file or DEFAULT_STATE_FILE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thpsim", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"thpsim {__version__}")
@@ -339,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     dif.add_argument("--policy-vs", choices=POLICIES, default=DEFAULT_POLICY,
                      help="model policy of the second run")
     dif.set_defaults(func=cmd_scenario_diff)
+    host = sub.add_parser("host", help="the machine's real kernel")
+    host_sub = host.add_subparsers(dest="host_cmd", required=True)
+    hr = host_sub.add_parser("restore", help="restore THP knobs saved by a killed run")
+    hr.add_argument("--state-file", help="the state file (default: the run's default)")
+    hr.set_defaults(func=cmd_host_restore)
     return ap
 
 
