@@ -271,8 +271,11 @@ def cmd_scenario_diff(args: argparse.Namespace) -> int:
     from thpsim.scenario.report import render_diff
 
     sc = _load_scenario(args.file)
-    a = _run_scenario(sc, args.on, args.policy)
-    b = _run_scenario(sc, args.vs, args.policy_vs, flag="--vs")
+    # --policy names the model's policy when only the --vs side is the model
+    # (`--on host --vs model --policy legacy`)
+    policy_vs = args.policy_vs or (args.policy if args.on != "model" else None)
+    a = _run_scenario(sc, args.on, args.policy or DEFAULT_POLICY)
+    b = _run_scenario(sc, args.vs, policy_vs or DEFAULT_POLICY, flag="--vs")
     rep = diff_scenario(sc, a, b)
     print(render_diff(sc, a, b, rep))
     return rep.exit_code
@@ -340,11 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "1 different, 2 could not run)")
     dif.add_argument("file", help="scenario file")
     dif.add_argument("--on", choices=EXECUTOR_NAMES, default="model", help="first executor")
-    dif.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
-                     help="model policy of the first run")
+    dif.add_argument("--policy", choices=POLICIES,
+                     help=f"model policy of the first run, or of the second when only it "
+                          f"is the model (default {DEFAULT_POLICY})")
     dif.add_argument("--vs", choices=EXECUTOR_NAMES, default="model", help="second executor")
-    dif.add_argument("--policy-vs", choices=POLICIES, default=DEFAULT_POLICY,
-                     help="model policy of the second run")
+    dif.add_argument("--policy-vs", choices=POLICIES,
+                     help=f"model policy of the second run (default {DEFAULT_POLICY})")
     dif.set_defaults(func=cmd_scenario_diff)
     host = sub.add_parser("host", help="the machine's real kernel")
     host_sub = host.add_subparsers(dest="host_cmd", required=True)

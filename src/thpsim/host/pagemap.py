@@ -603,6 +603,57 @@ def read_range(pid: int, start: int, end: int, *, folios: bool = True,
 
 # ---------------------------------------------------------------- layout
 
+
+def _kpagecount(pfns: np.ndarray) -> np.ndarray:
+    """``/proc/kpagecount`` for arbitrary pfns (one pread per run of pfns)."""
+    out = np.zeros(pfns.size, dtype=np.uint64)
+    if not pfns.size:
+        return out
+    fd = os.open("/proc/kpagecount", os.O_RDONLY)
+    try:
+        order = np.argsort(pfns, kind="stable")
+        sp = pfns[order]
+        cuts = np.flatnonzero(np.diff(sp) != 1) + 1
+        pos = 0
+        for run in np.split(sp, cuts):
+            buf = os.pread(fd, 8 * run.size, int(run[0]) * 8)
+            vals = np.frombuffer(buf, dtype=np.uint64)
+            out[order[pos : pos + vals.size]] = vals
+            pos += run.size
+    finally:
+        os.close(fd)
+    return out
+
+
+def _folio_shared(info: PageInfo, mapped: np.ndarray) -> np.ndarray:
+    """Per page: is its folio maybe mapped by another process?
+
+    khugepaged's view (``folio_maybe_mapped_shared``), as in the model: an
+    order-0 page is shared when mapped more than once; a large folio when its
+    pages' mapcounts (``/proc/kpagecount``, which includes PMD mappings) add up
+    to more than this process's own mappings of it in the range read.
+    """
+    out = np.zeros(mapped.shape, dtype=bool)
+    idx = np.flatnonzero(mapped & (info.head >= 0))
+    if not idx.size:
+        return out
+    small = info.order[idx] <= 0
+    out[idx[small]] = info.kcount[idx[small]] > 1
+    large = idx[~small]
+    if large.size:
+        heads, inv, own = np.unique(info.head[large], return_inverse=True, return_counts=True)
+        orders = np.array([int(info.order[large][np.flatnonzero(inv == k)[0]])
+                           for k in range(heads.size)])
+        pfns = np.concatenate([np.arange(h, h + (1 << o), dtype=np.int64)
+                               for h, o in zip(heads.tolist(), orders.tolist(), strict=True)])
+        counts = _kpagecount(pfns)
+        sizes = np.left_shift(1, orders)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        totals = np.add.reduceat(counts.astype(np.int64), starts)
+        out[large] = (totals > own)[inv]
+    return out
+
+
 _CHARS = np.frombuffer(ORDER_CHARS.encode(), dtype=np.uint8)
 
 
@@ -615,10 +666,10 @@ def host_layout(pid: int, start: int, end: int) -> Layout:
     marker), ``0``-``9``/``a``-``d`` PTE-mapped folio of that order, ``H``
     PMD-mapped anonymous THP, ``f`` a non-anonymous page, ``x`` outside the range
     or outside any VMA (``?`` if the folio could not be resolved because the page
-    changed while being read).  ``S`` marks present pages (not zero pages) whose
-    pagemap "exclusively mapped" bit is clear, i.e. mapped by more than one
-    process.  Folio entries ``[first_index, order, nr_mapped_in_this_pmd,
-    pmd_mapped]`` are listed for anonymous folios only, like the model's.
+    changed while being read).  ``S`` marks pages whose folio is maybe mapped
+    by another process (khugepaged's view, see :func:`_folio_shared`).  Folio
+    entries ``[first_index, order, nr_mapped_in_this_pmd, pmd_mapped]`` are listed
+    for anonymous folios only, like the model's.
 
     Raises
     ------
@@ -662,7 +713,7 @@ def host_layout(pid: int, start: int, end: int) -> Layout:
     pic[known] = _CHARS[info.order[known]]
     pic[anon_pte & ~known] = ord("?")
     shared = np.full(total, ord("-"), dtype=np.uint8)
-    shared[present & ~zero & ~info.exclusive] = ord("S")
+    shared[_folio_shared(info, anon_pte | (pmd & ~zero & ~nonanon))] = ord("S")
     pic[~inside_all] = ord("x")
     shared[~inside_all] = ord("-")
 

@@ -26,6 +26,7 @@ from thpsim.mm.vma import (
     VM_NOHUGEPAGE,
     VM_SPECIAL,
     VM_STACK_INCOMPLETE_SETUP,
+    VM_WRITE,
     VMA,
 )
 
@@ -144,8 +145,10 @@ def _alloc_pmd_folio(sys: System, pmd: int) -> int:
     return head
 
 
-def _map_pmd_folio(sys: System, mm: MM, pmd: int, head: int) -> None:
-    mm.pt.huge[pmd] = [head, F_YOUNG | F_DIRTY | F_WRITE]
+def _map_pmd_folio(sys: System, mm: MM, vma: VMA, pmd: int, head: int) -> None:
+    # maybe_pmd_mkwrite: writable only in a VM_WRITE VMA (a read fault without the
+    # huge zero page maps a new THP in a read-only VMA too)
+    mm.pt.huge[pmd] = [head, F_YOUNG | F_DIRTY | (F_WRITE if vma.flags & VM_WRITE else 0)]
     rmap.folio_add_pmd(sys, head)
     mm.rss_anon += sys.geometry.hpage_pmd_nr
     rmap.deferred_split_folio(sys, head, partially_mapped=False)
@@ -163,7 +166,7 @@ def do_huge_pmd_anonymous_page(sys: System, mm: MM, vma: VMA, pmd: int, write: b
     head = _alloc_pmd_folio(sys, pmd)
     if head < 0:
         return False
-    _map_pmd_folio(sys, mm, pmd, head)
+    _map_pmd_folio(sys, mm, vma, pmd, head)
     return True
 
 
@@ -175,7 +178,7 @@ def do_huge_pmd_wp_page(sys: System, mm: MM, vma: VMA, pmd: int) -> bool:
         new = _alloc_pmd_folio(sys, pmd)
         if new >= 0:
             del mm.pt.huge[pmd]
-            _map_pmd_folio(sys, mm, pmd, new)
+            _map_pmd_folio(sys, mm, vma, pmd, new)
             return True
         split_huge_pmd(sys, mm, pmd)
         return False

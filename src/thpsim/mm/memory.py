@@ -235,7 +235,8 @@ def do_swap_page(sys: System, mm: MM, vma: VMA, row: int, i: int, write: bool) -
     swapfile.swap_free(sys, np.array([slot]))
     f = sys.folios
     exclusive = f.mapcount[head] == 1 and f.refcount[head] == 1
-    pt.flags[row, i] = F_YOUNG | (F_WRITE if exclusive else 0)
+    # an exclusive page is mapped writable, but only in a VM_WRITE VMA
+    pt.flags[row, i] = F_YOUNG | (F_WRITE if exclusive and vma.flags & VM_WRITE else 0)
     if write:
         if exclusive:
             pt.flags[row, i] |= F_DIRTY

@@ -55,5 +55,8 @@ def run_scenario(scenario: Scenario, on: str = "model", *, policy: str | None = 
     fn = EXECUTORS[on]
     if fn is None:
         raise ExecutorUnavailable(f"executor {on!r} is not available yet "
-                                  "(only 'model' is implemented)")
+                                  "(implemented: model, host)")
     return fn(scenario, policy=policy, trace=trace, **options)
+
+
+import thpsim.scenario.host_exec  # noqa: E402, F401  (registers "host"; imports lazily)
