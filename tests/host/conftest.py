@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from tests.oracle import ORACLE_ENV, oracle_required, skip_or_fail  # noqa: F401
 from thpsim.host.errors import HostUnavailable
-
-ORACLE_ENV = "THP_ORACLE"
-
-
-def oracle_required() -> bool:
-    """True when ``THP_ORACLE=require``: a missing host is an error, not a skip."""
-    return os.environ.get(ORACLE_ENV, "").strip().lower() == "require"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip with ``reason``, or fail with it under ``THP_ORACLE=require``."""
-    if oracle_required():
-        pytest.fail(f"{ORACLE_ENV}=require, but {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _host_reason() -> str | None:

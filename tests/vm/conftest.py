@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-ORACLE_ENV = "THP_ORACLE"
-
-
-def oracle_required() -> bool:
-    """True when ``THP_ORACLE=require``: a missing VM prerequisite is an error, not a skip."""
-    return os.environ.get(ORACLE_ENV, "").strip().lower() == "require"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip with ``reason``, or fail with it under ``THP_ORACLE=require``."""
-    if oracle_required():
-        pytest.fail(f"{ORACLE_ENV}=require, but {reason}", pytrace=False)
-    pytest.skip(reason)
+from tests.oracle import ORACLE_ENV, oracle_required, skip_or_fail  # noqa: F401
 
 
 @pytest.fixture(scope="session")
