@@ -59,7 +59,10 @@ def test_run_failing_expectation_exit_1(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("on", ["vm"])  # host: tests/scenario_host/test_host_exec.py
-def test_run_executor_not_available(on, capsys):
+def test_run_executor_not_available(on, capsys, monkeypatch):
+    from thpsim.scenario.executors import EXECUTORS
+
+    monkeypatch.setitem(EXECUTORS, on, None)  # known, not available (vm: tests/vm)
     assert main(["scenario", "run", EX, "--on", on]) == 2
     _one_line_error(capsys, f"--on {on}: executor '{on}' is not available yet")
 
@@ -103,7 +106,10 @@ def test_diff_expected_difference_exit_0(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag,on", [("--on", "vm"), ("--vs", "vm")])
-def test_diff_could_not_run_exit_2(flag, on, capsys):
+def test_diff_could_not_run_exit_2(flag, on, capsys, monkeypatch):
+    from thpsim.scenario.executors import EXECUTORS
+
+    monkeypatch.setitem(EXECUTORS, on, None)  # known, not available (vm: tests/vm)
     assert main(["scenario", "diff", EX, flag, on]) == 2
     _one_line_error(capsys, f"{flag} {on}: executor '{on}' is not available yet")
 

@@ -2,8 +2,8 @@
 
 An executor is a function ``fn(scenario, *, policy, trace, **options) -> dict``
 returning the result document of docs/scenarios.md ("Output").  ``model`` is
-built in; ``host`` (the machine's kernel, as root) and ``vm`` (Linux 7.2.13
-under QEMU) plug in later with :func:`register`.  An entry that is ``None`` is
+built in; ``host`` (the machine's kernel, as root; host_exec.py) and ``vm``
+(Linux 7.2.13 under QEMU; vm_exec.py) plug in with :func:`register`.  An entry that is ``None`` is
 known but not available yet: :func:`run_scenario` raises
 :class:`ExecutorUnavailable`, which the CLI reports as one line with exit code 2.
 """
@@ -55,8 +55,9 @@ def run_scenario(scenario: Scenario, on: str = "model", *, policy: str | None = 
     fn = EXECUTORS[on]
     if fn is None:
         raise ExecutorUnavailable(f"executor {on!r} is not available yet "
-                                  "(implemented: model, host)")
+                                  "(implemented: model, host, vm)")
     return fn(scenario, policy=policy, trace=trace, **options)
 
 
-import thpsim.scenario.host_exec  # noqa: E402, F401  (registers "host"; imports lazily)
+import thpsim.scenario.host_exec  # noqa: E402  (registers "host"; imports lazily)
+import thpsim.scenario.vm_exec  # noqa: E402, F401  (registers "vm"; imports QEMU code lazily)
