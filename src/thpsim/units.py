@@ -1,10 +1,10 @@
-"""Size parsing and formatting (``"4G"``, ``"64K"``, ``"2M"`` ...)."""
+"""Size parsing (``"4G"``, ``"64K"``, ``"2M"`` ...)."""
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["format_size", "parse_size"]
+__all__ = ["parse_size"]
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -27,11 +27,3 @@ def parse_size(value: int | str) -> int:
         raise ValueError(f"not a size: {value!r} (use e.g. 4096, 64K, 2M, 4G)")
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
-
-def format_size(nbytes: int) -> str:
-    """``2097152`` -> ``"2M"`` (exact units only, else bytes)."""
-    for unit in ("T", "G", "M", "K"):
-        mult = _UNITS[unit]
-        if nbytes and nbytes % mult == 0:
-            return f"{nbytes // mult}{unit}"
-    return str(nbytes)

@@ -162,6 +162,3 @@ class FolioTable:
 
     def clear(self, head: int, flag: int) -> None:
         self.flags[head] &= ~np.uint16(flag)
-
-    def live_heads(self) -> np.ndarray:
-        return np.flatnonzero(self.order >= 0)

@@ -16,7 +16,6 @@ from thpsim.mm.pgtable import (
     F_WRITE,
     F_YOUNG,
     HUGE_ZERO_PFN,
-    PTE_NONE,
     PTE_PRESENT,
     PTE_ZERO,
 )
@@ -352,6 +351,3 @@ def deferred_split_scan(sys: System, nr_to_scan: int | None = None) -> int:
         f.clear(head, PG_DEFERRED)
     return split
 
-
-def pte_none_range(kinds: np.ndarray) -> bool:
-    return not np.any(kinds != PTE_NONE)

@@ -85,7 +85,6 @@ class ScanCtx:
     referenced: int = 0
     unmapped: int = 0
     none_or_zero: int = 0
-    bitmap: np.ndarray | None = None
     bitmap_prefix: np.ndarray | None = None
     node: int = 0
     lock_dropped: bool = False
@@ -760,7 +759,6 @@ class Khugepaged:
             ctx.result = sr.SCAN_LACK_REFERENCED_PAGE
         else:
             ctx.result = sr.SCAN_SUCCEED
-            ctx.bitmap = pr
             ctx.bitmap_prefix = np.concatenate(([0], np.cumsum(pr)))
             nodes = f.node[heads[pr]]
             ctx.node = int(np.bincount(nodes).argmax()) if nodes.size else 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from thpsim.mm.folio import PG_DEFERRED, PG_MLOCKED, PG_PARTIALLY_MAPPED, PG_SWAPCACHE
+from thpsim.mm.folio import PG_DEFERRED, PG_PARTIALLY_MAPPED, PG_SWAPCACHE
 from thpsim.mm.pgtable import PTE_PRESENT
 
 if TYPE_CHECKING:
@@ -185,6 +185,3 @@ def shared_mask_row(sys: System, kinds: np.ndarray, pfns: np.ndarray) -> np.ndar
         out[idx[~small]] = (total > own)[inv]
     return out
 
-
-def folio_is_mlocked(sys: System, head: int) -> bool:
-    return sys.folios.test(head, PG_MLOCKED)
