@@ -14,14 +14,12 @@ from rich.console import Console
 from rich.table import Table
 
 from thpsim import __version__
+from thpsim.commands import UsageError, write_atomic
+from thpsim.host.errors import HostUnavailable, ProcessGone
 from thpsim.mm.settings import POLICIES
 from thpsim.system import DEFAULT_POLICY, System
 
-__all__ = ["main"]
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line, exit code 2."""
+__all__ = ["UsageError", "main", "write_atomic"]
 
 
 def _apply_settings(sys_: System, pairs: list[str]) -> None:
@@ -201,25 +199,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    import os
-    import tempfile
-
-    d = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".thpsim-")
-    except OSError as e:
-        raise UsageError(f"{path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        os.unlink(tmp)
-        raise UsageError(f"{path}: {e.strerror}") from None
-
-
 # --- scenario -----------------------------------------------------------------------------
 EXECUTOR_NAMES = ("model", "host", "vm")
 
@@ -355,7 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     hr = host_sub.add_parser("restore", help="restore THP knobs saved by a killed run")
     hr.add_argument("--state-file", help="the state file (default: the run's default)")
     hr.set_defaults(func=cmd_host_restore)
+    _register_command_modules(sub)
     return ap
+
+
+def _register_command_modules(sub) -> None:
+    """Add the sub-commands of every ``thpsim.commands.*`` module with ``register``."""
+    import importlib
+    import pkgutil
+
+    import thpsim.commands as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        if hasattr(mod, "register"):
+            mod.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"thpsim: error: {e}", file=_sys.stderr)
         return 2
+    except (HostUnavailable, ProcessGone) as e:
+        print(f"thpsim: error: {e}", file=_sys.stderr)
+        return getattr(e, "exit_code", 2)
     except (ValueError, OSError) as e:
         print(f"thpsim: error: {e}", file=_sys.stderr)
         return 2
