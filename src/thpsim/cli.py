@@ -260,6 +260,31 @@ def cmd_scenario_diff(args: argparse.Namespace) -> int:
     return rep.exit_code
 
 
+def cmd_scenario_record(args: argparse.Namespace) -> int:
+    """Run the scenarios on a real kernel and store the documents as golden results."""
+    from thpsim.scenario.executors import ExecutorUnavailable
+    from thpsim.scenario.golden import record_golden
+
+    scs = [_load_scenario(f) for f in args.files]
+    if args.on == "vm":
+        from thpsim.scenario.vm_exec import run_many_on_vm
+
+        try:
+            docs = run_many_on_vm(scs)
+        except ExecutorUnavailable as e:
+            raise UsageError(f"--on vm: {e}") from None
+    else:
+        docs = [_run_scenario(sc, "host", DEFAULT_POLICY) for sc in scs]
+    ok = [d for d in docs if "error" not in d]
+    for d in docs:
+        if "error" in d:
+            print(f"thpsim: {d['scenario']}: {d['error']}", file=_sys.stderr)
+    if ok:
+        kdir = record_golden(ok, args.output, note=args.note)
+        print(f"recorded {len(ok)} of {len(docs)} scenario(s) in {kdir}")
+    return 0 if len(ok) == len(docs) else 1
+
+
 def cmd_host_restore(args: argparse.Namespace) -> int:
     """Undo the THP knob changes of a host run that was killed outright."""
     from thpsim.host.thp_sysfs import DEFAULT_STATE_FILE, cli_restore
@@ -329,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     dif.add_argument("--policy-vs", choices=POLICIES,
                      help=f"model policy of the second run (default {DEFAULT_POLICY})")
     dif.set_defaults(func=cmd_scenario_diff)
+    rec = scsub.add_parser("record", help="record golden results of scenarios on a real "
+                                          "kernel (host, or the VM in one boot)")
+    rec.add_argument("files", nargs="+", help="scenario files")
+    rec.add_argument("--on", choices=("host", "vm"), required=True, help="executor")
+    rec.add_argument("-o", "--output", default="tests/scenarios/golden",
+                     help="golden root directory (default: tests/scenarios/golden)")
+    rec.add_argument("--note", default="", help="kept in KERNEL.json")
+    rec.set_defaults(func=cmd_scenario_record)
     host = sub.add_parser("host", help="the machine's real kernel")
     host_sub = host.add_subparsers(dest="host_cmd", required=True)
     hr = host_sub.add_parser("restore", help="restore THP knobs saved by a killed run")
