@@ -168,7 +168,9 @@ class Snapshot:
         if bad.size:
             raise SnapshotError(f"{where}: page {int(bad[0])}: present page with folio order "
                                 f"{int(o[bad[0]])}")
-        bad = np.flatnonzero(present & ((fi < 0) | (fi >= (1 << np.clip(o, 0, 20)))))
+        # int32 shift: 1 << int8 order would overflow for order >= 7
+        nr = np.left_shift(1, np.clip(o, 0, 20).astype(np.int32))
+        bad = np.flatnonzero(present & ((fi < 0) | (fi >= nr)))
         if bad.size:
             raise SnapshotError(f"{where}: page {int(bad[0])}: folio_index {int(fi[bad[0]])} "
                                 f"outside a folio of order {int(o[bad[0]])}")
