@@ -1,4 +1,6 @@
-"""The thpsim command line: demo, layout, explain; bad input gives one line and exit 2."""
+"""The thpsim command line: layout, explain; bad input gives one line and exit 2.
+
+``thpsim demo`` is tested in tests/commands/test_demo.py."""
 
 from __future__ import annotations
 
@@ -9,13 +11,6 @@ import sys
 import pytest
 
 from thpsim.cli import main
-
-
-def test_demo_runs(capsys):
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    assert "0-511:o9" in out  # defaults: one PMD THP
-    assert "0-255:o4x16" in out  # 64K only: the written quarter in 16 64K folios
 
 
 def test_layout_json(capsys):

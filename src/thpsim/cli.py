@@ -10,9 +10,6 @@ import argparse
 import json
 import sys as _sys
 
-from rich.console import Console
-from rich.table import Table
-
 from thpsim import __version__
 from thpsim.commands import UsageError, write_atomic
 from thpsim.host.errors import HostUnavailable, ProcessGone
@@ -31,43 +28,6 @@ def _apply_settings(sys_: System, pairs: list[str]) -> None:
             sys_.settings.write(path, value)
         except OSError as e:
             raise UsageError(f"--settings {pair!r}: {e.strerror or e}") from None
-
-
-# --- demo ---------------------------------------------------------------------------
-DEMO_CASES = (
-    ("defaults (2M inherit, enabled=always)", {}),
-    ("64K always, 2M never", {"hugepages-64kB/enabled": "always",
-                              "hugepages-2048kB/enabled": "never"}),
-    ("16K..1M always, 2M never", {f"hugepages-{kb}kB/enabled": "always"
-                                  for kb in (16, 32, 64, 128, 256, 512, 1024)}
-     | {"hugepages-2048kB/enabled": "never"}),
-    ("all never", {"enabled": "never"}),
-)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Fault the same access pattern under several mTHP settings and show the result."""
-    console = Console()
-    pattern = "pages 0-63 written, every 16th page of 64-255 written, 300-303 read"
-    console.print(f"[bold]thpsim demo[/bold]: one 2 MiB-aligned region; {pattern}\n")
-    table = Table(title="Folios per size after the faults")
-    table.add_column("settings")
-    table.add_column("folios (first-last:order x count)")
-    table.add_column("RSS kB", justify="right")
-    for label, knobs in DEMO_CASES:
-        s = System(memory="512M", policy=args.policy)
-        s.settings.apply(knobs)
-        p = s.spawn()
-        a = p.mmap(2 << 20)
-        p.touch(a, pages=range(64))
-        p.touch(a, pages=range(64, 256, 16))
-        p.touch(a, pages=range(300, 304), write=False)
-        table.add_row(label, p.layout(a).pmds[0].summary(), str(p.rss_anon * 4))
-        if args.verbose:
-            console.print(f"[bold]{label}[/bold]\n{p.layout(a).render()}\n")
-    console.print(table)
-    console.print("oN = folio of order N (o9 = PMD-mapped 2M THP); zero = 4K zero page")
-    return 0
 
 
 # --- layout -------------------------------------------------------------------------------
@@ -296,11 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thpsim", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"thpsim {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
-
-    d = sub.add_parser("demo", help="fault a pattern under several mTHP settings")
-    d.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY)
-    d.add_argument("-v", "--verbose", action="store_true", help="print full layouts")
-    d.set_defaults(func=cmd_demo)
 
     lay = sub.add_parser("layout", help="print the layout of a region after touches")
     lay.add_argument("--pmds", type=int, default=1, help="region size in PMDs")

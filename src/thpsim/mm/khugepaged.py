@@ -134,6 +134,8 @@ class Khugepaged:
         self.passes = 0
         self.alloc_sleeps = 0
         self.pages_scanned = 0  # PTEs examined (work metric)
+        #: none/zero slots that collapses turned into zero-filled pages (bloat metric)
+        self.pages_filled = 0
         #: decide runs of simple PMDs vectorised (same results; see _scan_batch)
         self.batch = True
         self._batch_len = 16
@@ -614,6 +616,7 @@ class Khugepaged:
             f.refcount[olds] = 0
             sys.free_folios_order0(olds)
             mm.rss_anon += int((~pr).sum())
+            self.pages_filled += int((~pr).sum())
             pt.kind[r[:, None], cols] = PTE_PRESENT
             pt.pfn[r[:, None], cols] = new
             pt.flags[r[:, None], cols] = F_YOUNG | F_DIRTY | writable
@@ -651,6 +654,7 @@ class Khugepaged:
             f.vpn[head] = pmd << g.pmd_order
             rmap.deferred_split_folio(sys, head, partially_mapped=False)
         mm.rss_anon += int(n_nz.sum())
+        self.pages_filled += int(n_nz.sum())
 
     def _emit_scan(self, mm: MM, progress: int, finished: bool) -> None:
         if self.policy.name == "linux-7.2":
@@ -1050,6 +1054,7 @@ class Khugepaged:
         pt.kind[row, sl] = PTE_NONE
         rmap.folio_remove_ptes(sys, pfns[pr])
         mm.rss_anon += filled
+        self.pages_filled += filled
         writable = F_WRITE if ctx.vma.flags & VM_WRITE else 0
         if order == g.pmd_order:
             pt.free_table(ctx.pmd)  # the table is deposited under the huge PMD
