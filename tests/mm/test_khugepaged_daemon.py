@@ -269,3 +269,26 @@ def test_trace_scan_pfn_minus_one_for_pmd_mapped():
     line = format_line(ev, "linux-7.2")
     assert "scan_pfn=0xffffffffffffffff" in line and "status=page_pmd_mapped" in line
     assert ": mm_khugepaged_scan_pmd: mm=" in line
+
+
+@pytest.mark.parametrize("limit", [True, False])
+@pytest.mark.parametrize("batch", [True, False])
+def test_tool_hooks_scan_seq_scan_pages_and_full_scan_limit(batch, limit):
+    """Attempts name their PMD scan; scan_pages records the work after each scan; a
+    pass that wraps around stops at full_scan_limit instead of starting the next scan
+    (pass 1 scans 3 of 4 PMDs, pass 2 finishes the full scan and would go on)."""
+    sys = _setup("legacy")
+    sys.settings.write("khugepaged/max_ptes_none", "511")
+    sys.settings.write("khugepaged/pages_to_scan", "1536")
+    kh = sys.khugepaged
+    kh.batch = batch
+    _populated_pmds(sys, 4, pages=range(0, 512, 2))
+    if limit:
+        kh.full_scan_limit = sys.settings.full_scans + 1
+    kh.run(passes=2)
+    assert sys.settings.full_scans == 1
+    assert len(kh.scans) == 4 if limit else len(kh.scans) > 4
+    assert len(kh.scan_pages) == len(kh.scans)
+    assert kh.scan_pages == sorted(kh.scan_pages) and kh.scan_pages[-1] == kh.pages_scanned
+    assert [kh.scans[at.scan_seq][0] for at in kh.attempts] == [at.pmd_addr for at in kh.attempts]
+    assert [at.scan_seq for at in kh.attempts] == [0, 1, 2, 3]

@@ -71,6 +71,8 @@ class Attempt:
     offset: int
     result: str
     khugepaged: bool
+    #: index in ``Khugepaged.scans`` of the PMD scan that led to the attempt
+    scan_seq: int = -1
 
 
 @dataclass
@@ -128,6 +130,11 @@ class Khugepaged:
         self.attempts: list[Attempt] = []
         #: (pmd vpn, result, is_khugepaged) of every PMD scan
         self.scans: list[tuple[int, str, bool]] = []
+        #: ``pages_scanned`` just after each entry of ``scans`` (work per scan, for tools)
+        self.scan_pages: list[int] = []
+        #: tools' hook, not a kernel knob: a pass stops starting scans once
+        #: ``full_scans`` reaches this value (whatif's "exactly N full scans")
+        self.full_scan_limit: int | None = None
         self.alloc_fail_orders: set[int] = set()
         self.lru_batch = LruAddBatch(sys)
         self.warnings: list[str] = []
@@ -272,7 +279,10 @@ class Khugepaged:
             result = sr.SCAN_SUCCEED
             if self.scan_mm is None:
                 pass_through_head += 1
-            if self.mm_slots and self.hugepage_enabled() and pass_through_head < 2:
+            limited = (self.full_scan_limit is not None
+                       and self.sys.settings.full_scans >= self.full_scan_limit)
+            if self.mm_slots and self.hugepage_enabled() and pass_through_head < 2 \
+                    and not limited:
                 result = self.collapse_scan_mm_slot(budget, cc)
             else:
                 cc.progress = budget
@@ -470,6 +480,7 @@ class Khugepaged:
         collapsed: list[int] = []
         mthp_done: list[tuple[int, int, int]] = []
         scans = self.scans
+        seq = len(scans)  # index of the next scan entry
         c = sys.counters
         results = {0: sr.SCAN_EXCEED_NONE_PTE, 1: sr.SCAN_LACK_REFERENCED_PAGE,
                    2: sr.SCAN_FAIL, 3: sr.SCAN_SUCCEED, 6: sr.SCAN_FAIL}
@@ -492,7 +503,7 @@ class Khugepaged:
                 examined = int(abort[j]) + 1 if d == 0 else nr
             self.pages_scanned += examined
             cc.progress += examined if per_pte else nr
-            scans.append((vpn, result, True))
+            self._record_scan((vpn, result, True))
             if d == 0:
                 self._count_scan_abort(result)
             done += 1
@@ -507,7 +518,8 @@ class Khugepaged:
                 result = sr.SCAN_SUCCEED
                 scans[-1] = (vpn, result, True)
                 for order, off in walks[j]:
-                    self.attempts.append(Attempt(vpn, order, off, sr.SCAN_SUCCEED, True))
+                    self.attempts.append(Attempt(vpn, order, off, sr.SCAN_SUCCEED, True,
+                                                 seq + done - 1))
                     mthp_done.append((j, order, off))
                 sys.settings.pages_collapsed += 1
                 if cc.progress >= budget:
@@ -517,7 +529,8 @@ class Khugepaged:
                 continue
             if d == 3:
                 collapsed.append(j)
-                self.attempts.append(Attempt(vpn, shift, 0, sr.SCAN_SUCCEED, True))
+                self.attempts.append(Attempt(vpn, shift, 0, sr.SCAN_SUCCEED, True,
+                                             seq + done - 1))
                 sys.settings.pages_collapsed += 1
                 # the attempt dropped the lock: this call returns; do_scan calls again
                 if cc.progress >= budget:
@@ -701,7 +714,7 @@ class Khugepaged:
             self.pages_scanned += 1
             self._emit("mm_khugepaged_scan_pmd", mm=self._mm_ptr(mm), scan_pfn=-1,
                        referenced=0, none_or_zero=0, status=ctx.result, unmapped=0)
-            self.scans.append((pmd << g.pmd_order, ctx.result, cc.is_khugepaged))
+            self._record_scan((pmd << g.pmd_order, ctx.result, cc.is_khugepaged))
             return ctx
         pmd_only = enabled == 1 << g.pmd_order
         kinds = pt.kind[row]
@@ -770,8 +783,12 @@ class Khugepaged:
         self._emit("mm_khugepaged_scan_pmd", mm=self._mm_ptr(mm), scan_pfn=scan_pfn,
                    referenced=ctx.referenced, none_or_zero=ctx.none_or_zero,
                    status=ctx.result, unmapped=ctx.unmapped)
-        self.scans.append((pmd << g.pmd_order, ctx.result, cc.is_khugepaged))
+        self._record_scan((pmd << g.pmd_order, ctx.result, cc.is_khugepaged))
         return ctx
+
+    def _record_scan(self, entry: tuple[int, str, bool]) -> None:
+        self.scans.append(entry)
+        self.scan_pages.append(self.pages_scanned)
 
     def _refcount_ok(self, heads: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``folio_expected_ref_count == refcount`` per PTE (pins make it false)."""
@@ -810,7 +827,7 @@ class Khugepaged:
         ctx.lock_dropped = True
         r = self._collapse(ctx, order, off)
         self.attempts.append(Attempt(ctx.pmd << self.sys.geometry.pmd_order, order, off, r,
-                                     ctx.cc.is_khugepaged))
+                                     ctx.cc.is_khugepaged, len(self.scans)))
         ctx.attempts.append((order, off, r))
         fields = {"mm": self._mm_ptr(ctx.mm), "isolated": int(r == sr.SCAN_SUCCEED), "status": r}
         if self.policy.name != "legacy":

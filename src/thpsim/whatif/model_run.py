@@ -8,7 +8,6 @@ import numpy as np
 
 from thpsim.mm.geometry import geometry_for
 from thpsim.mm.pgtable import HUGE_ZERO_PFN, PTE_NONE, PTE_PRESENT, PTE_SWAP, PTE_ZERO
-from thpsim.mm.settings import Settings
 from thpsim.snapshot.core import Snapshot
 from thpsim.system import System
 from thpsim.whatif.common import MAX_SCANS, Combo, WhatIfResult, idle_result, metrics_of
@@ -16,52 +15,6 @@ from thpsim.whatif.layout import K_HUGE, K_HZERO, K_NONE, K_PRESENT, K_SWAP, K_Z
 from thpsim.whatif.load import load_snapshot_into_model
 
 __all__ = ["read_back", "run_model"]
-
-
-class _ScanLog(list):
-    """``Khugepaged.scans`` that also remembers ``pages_scanned`` at every PMD scan."""
-
-    def __init__(self, kh) -> None:
-        super().__init__()
-        self.kh = kh
-        self.pages: list[int] = []
-
-    def append(self, item) -> None:
-        self.pages.append(self.kh.pages_scanned)
-        super().append(item)
-
-
-class _AttemptLog(list):
-    """``Khugepaged.attempts`` that remembers which PMD scan each attempt belongs to
-    (with batching off an attempt is recorded before its scan's entry)."""
-
-    def __init__(self, kh) -> None:
-        super().__init__()
-        self.kh = kh
-        self.scan_index: list[int] = []
-
-    def append(self, item) -> None:
-        self.scan_index.append(len(self.kh.scans))
-        super().append(item)
-
-
-class _StoppableSettings(Settings):
-    """Settings whose ``hugepage_enabled`` turns false once ``full_scans`` reaches a
-    target, so that the pass finishing the last wanted scan does not start another."""
-
-    @property
-    def full_scans(self) -> int:
-        return self.__dict__["full_scans"]
-
-    @full_scans.setter
-    def full_scans(self, value: int) -> None:
-        self.__dict__["full_scans"] = value
-
-    def hugepage_enabled(self, policy: str = "v11") -> bool:
-        target = self.__dict__.get("whatif_target")
-        if target is not None and self.__dict__["full_scans"] >= target:
-            return False
-        return super().hugepage_enabled(policy)
 
 
 def read_back(sys: System, proc, snap: Snapshot, ld: Loaded, g):
@@ -118,8 +71,7 @@ def run_model(snap: Snapshot, ld: Loaded, combo: Combo, scans: int | None,
         r.engine = "model"
         return r
     kh.batch = False
-    kh.scans = _ScanLog(kh)
-    kh.attempts = _AttemptLog(kh)
+    scan0, att0 = len(kh.scans), len(kh.attempts)
     mm = proc.mm
     windows = 0
     for vma in mm.vmas:
@@ -127,9 +79,9 @@ def run_model(snap: Snapshot, ld: Loaded, combo: Combo, scans: int | None,
             hs, he = -(-vma.start // nr) * nr, vma.end // nr * nr
             windows += max(0, (he - hs) // nr)
     limit = scans if scans is not None else MAX_SCANS
-    s.__class__ = _StoppableSettings
     start = s.full_scans
-    s.__dict__["whatif_target"] = start + limit
+    # the pass that finishes the last wanted scan must not start another one
+    kh.full_scan_limit = start + limit
     wraps: list[float] = []
     swap0 = mm.rss_swap
     rss0 = mm.rss_anon
@@ -142,8 +94,8 @@ def run_model(snap: Snapshot, ld: Loaded, combo: Combo, scans: int | None,
             kh.run(passes=1)
         wraps.append(kh.clock_ms)
         lo, hi = (scan - 1) * windows, scan * windows
-        succ = [a for a, i in zip(kh.attempts, kh.attempts.scan_index, strict=True)
-                if lo <= i < hi and a.result == "SCAN_SUCCEED"]
+        succ = [a for a in kh.attempts[att0:]
+                if lo <= a.scan_seq - scan0 < hi and a.result == "SCAN_SUCCEED"]
         if succ:
             changed = scan
         elif scans is None:
@@ -153,21 +105,21 @@ def run_model(snap: Snapshot, ld: Loaded, combo: Combo, scans: int | None,
         fix = changed < len(wraps)
     counted = changed if scans is None else len(wraps)
     hi = counted * windows
-    pages_log = [0, *kh.scans.pages]
+    pages_log = [0, *kh.scan_pages[scan0:]]
     pages = pages_log[hi] if hi < len(pages_log) else kh.pages_scanned
     idle = 0
     if scans is None and fix and windows:
         idle = pages_log[hi + windows] - pages_log[hi]
-    atts = [a for a, i in zip(kh.attempts, kh.attempts.scan_index, strict=True) if i < hi]
+    atts = [a for a in kh.attempts[att0:] if a.scan_seq - scan0 < hi]
     ok = [a for a in atts if a.result == "SCAN_SUCCEED"]
     collapses = Counter(a.order for a in ok)
-    first = Counter(r for _, r, _ in list(kh.scans)[:windows])
+    first = Counter(r for _, r, _ in kh.scans[scan0:scan0 + windows])
     kind, order = read_back(sys, proc, snap, ld, g)
     after = metrics_of(snap, ld, kind, order, g)
     swapins = swap0 - mm.rss_swap
     bloat = mm.rss_anon - rss0 - swapins
     copies = sum(1 << a.order for a in ok) - bloat
-    s.__dict__["whatif_target"] = None
+    kh.full_scan_limit = None
     sys.check()
     t = wraps[counted - 1] / 1000.0 if counted else 0.0
     return WhatIfResult(combo, "model", True, len(wraps), changed, fix, t, kh.passes,
