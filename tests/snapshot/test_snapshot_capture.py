@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
+from tests.host.conftest import _host_reason
 from tests.oracle import skip_or_fail
 from thpsim.host.errors import HostUnavailable, ProcessGone
 from thpsim.snapshot.capture import capture
@@ -26,18 +27,6 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-
-
-def _host_reason() -> str | None:
-    try:
-        from thpsim.host.thp_sysfs import require_host
-
-        require_host()
-    except HostUnavailable as e:
-        return str(e)
-    except Exception as e:  # e.g. fcntl missing off Linux
-        return f"host bridge unavailable: {e}"
-    return None
 
 
 @pytest.fixture

@@ -163,14 +163,6 @@ def cgroup_pids(path: str) -> list[int]:
     return sorted(pids)
 
 
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(pid) from None
-
-
 def _thp_disabled(pid: int) -> bool:
     """``prctl(PR_SET_THP_DISABLE)`` in effect (``THP_enabled: 0`` in status)."""
     try:
@@ -335,7 +327,7 @@ def inspect_process(pid: int, *, cont_orders: tuple[int, ...] = (), pmds: bool =
     HostUnavailable
         No permission to read its ``/proc`` files.
     """
-    comm = _comm(pid)
+    comm = pm.comm(pid)
     thp_off = _thp_disabled(pid)
     nr = pm._pmd_nr()
     pmd_order = nr.bit_length() - 1

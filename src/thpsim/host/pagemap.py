@@ -49,6 +49,7 @@ __all__ = [
     "PAGE_IS_HUGE",
     "PageInfo",
     "Vma",
+    "comm",
     "host_layout",
     "pmd_mapped_ranges",
     "read_range",
@@ -115,6 +116,23 @@ def _proc_open(pid: int, name: str, what: str) -> int:
     except PermissionError:
         raise HostUnavailable(f"cannot open {path}: {what} needs root or ptrace access to "
                               f"process {pid}") from None
+
+
+def comm(pid: int) -> str:
+    """The process's ``comm`` ('' if it cannot be read for another reason than exit).
+
+    Raises
+    ------
+    ProcessGone
+        The process does not exist (any more).
+    """
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(pid) from None
+    except OSError:
+        return ""
 
 
 def _proc_text(pid: int, name: str) -> str:

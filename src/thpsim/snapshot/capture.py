@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from thpsim.host import pagemap as pm
-from thpsim.host.errors import HostUnavailable, ProcessGone
+from thpsim.host.errors import HostUnavailable
 from thpsim.snapshot.core import (
     HUGE_ZERO,
     OTHER,
@@ -76,16 +76,6 @@ def _states(info: pm.PageInfo) -> dict[str, np.ndarray]:
     }
 
 
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(pid) from None
-    except OSError:
-        return ""
-
-
 def _status_field(pid: int, name: str) -> str:
     """A field of ``/proc/PID/status`` (``""`` if absent), e.g. ``THP_enabled`` (0 after
     ``prctl(PR_SET_THP_DISABLE)``)."""
@@ -130,7 +120,7 @@ def capture(pid: int, progress: ProgressFn | None = None) -> Snapshot:
     from thpsim.host import thp_sysfs
 
     t0 = time.time()
-    comm = _comm(pid)  # first: a missing process is reported as such, root or not
+    comm = pm.comm(pid)  # first: a missing process is reported as such, root or not
     if os.geteuid() != 0:
         raise HostUnavailable("snapshot capture needs root: folio information (PFNs in "
                               "pagemap, /proc/kpageflags, /proc/kpagecount) is root-only")
