@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -173,9 +174,13 @@ _RUNNER = textwrap.dedent("""
 """)
 
 
-def _start_runner(values: dict[str, str], state_file: str) -> subprocess.Popen:
+def _start_runner(values: dict[str, str], state_file: str,
+                  sigint: Any = signal.SIG_DFL) -> subprocess.Popen:
+    """The runner with SIGINT at ``sigint`` from the start (a job started in the
+    background by a shell inherits SIG_IGN, whatever pytest itself had)."""
     p = subprocess.Popen([sys.executable, "-c", _RUNNER, json.dumps(values), state_file],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     line = p.stdout.readline()
     if line.strip() != "READY":
         p.kill()
@@ -236,6 +241,32 @@ def test_signal_triggers_the_restore(state_file, sig):
         assert "KeyboardInterrupt" in err
     assert not os.path.exists(state_file)
     assert t.snapshot() == orig
+
+
+def test_ignored_sigint_keeps_the_knobs_until_the_block_ends(state_file):
+    """A process that ignores SIGINT (nohup, a background job) is not interrupted by
+    it, so the knobs must stay applied; SIGTERM then still restores them."""
+    orig = t.snapshot()
+    new = changed_values(orig)
+    p = _start_runner(new, state_file, sigint=signal.SIG_IGN)
+    try:
+        p.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            p.wait(timeout=1)
+        now = t.snapshot()
+        assert all(now[k] == v for k, v in new.items())
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        p.stderr.close()
+        if t.snapshot() != orig:
+            t.restore(orig)
+            pytest.fail("the knobs were not restored")
+    assert not os.path.exists(state_file)
 
 
 def test_cli_restore(state_file, capsys):

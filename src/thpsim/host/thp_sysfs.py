@@ -490,7 +490,12 @@ class _Guard:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for sig in _SIGNALS:
-            self.prev[sig] = signal.getsignal(sig)
+            prev = signal.getsignal(sig)
+            if prev == signal.SIG_IGN:
+                # the process ignores it (nohup, a background job's SIGINT): restoring on
+                # it would change the knobs under a run that carries on
+                continue
+            self.prev[sig] = prev
             signal.signal(sig, self._handler)
 
     def uninstall(self) -> None:
