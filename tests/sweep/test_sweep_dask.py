@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import distributed
 import pyarrow.parquet as pq
 import pytest
 
@@ -10,8 +11,6 @@ from thpsim.sweep.grid import load_grid
 from thpsim.sweep.runner import run_sweep
 
 from .test_sweep_local import GRID, check_outputs
-
-distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from thpsim.cli import main
+from thpsim.snapshot import io
 from thpsim.snapshot.core import PRESENT, Snapshot, SnapshotVma
-
-io = pytest.importorskip("thpsim.snapshot.io")
 
 NR = 512
 BASE = 1 << 30
