@@ -130,7 +130,8 @@ def test_seed():
        seed=st.integers(0, 1000))
 def test_random_specs(present, zero, swap, weights, pages, at, cluster, seed):
     scale = max(1.0, present + zero + swap)
-    present, zero, swap = present / scale, zero / scale, swap / scale
+    # rounded down to the 3 decimals of the spec, so that the sum stays <= 1
+    present, zero, swap = (np.floor(x / scale * 1000) / 1000 for x in (present, zero, swap))
     sizes = [f"{4 << o}k:{w}" for o, w in enumerate(weights) if w]
     spec = (f"anon:{pages * 4}k,at={(0x7F00000 + at) * PAGE:#x},present={present:.3f},"
             f"zero={zero:.3f},swap={swap:.3f},cluster={cluster:.3f},folios={'/'.join(sizes)}")
