@@ -30,6 +30,7 @@ from thpsim.host import pagemap as pm
 from thpsim.host.errors import HostUnavailable, ProcessGone
 from thpsim.host.thpmaps import SMAPS_ADDITIVE, thp_counters
 from thpsim.layout import PMDLayout
+from thpsim.mm.policies import policy_for_kernel
 
 __all__ = [
     "OCCUPANCY_KEYS",
@@ -50,7 +51,8 @@ __all__ = [
 
 OCCUPANCY_KEYS = ("present", "none", "zero", "swap", "shared")
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
-HOST_POLICY = "legacy"  # kernels up to 6.18 collapse to the PMD order only
+#: the model policy of the running kernel (6.18: legacy, PMD-only collapse; 7.2: linux-7.2)
+HOST_POLICY = policy_for_kernel(os.uname().release) if hasattr(os, "uname") else "legacy"
 _CHUNK_PAGES = 1 << 21  # pages of a VMA read at once (~100 MiB of per-page arrays)
 
 # smaps VmFlags mnemonics that make a VMA VM_NO_KHUGEPAGED (VM_SPECIAL or hugetlb)

@@ -23,20 +23,14 @@ from pathlib import Path
 
 from thpsim import __version__
 from thpsim.commands import write_atomic
+from thpsim.mm.policies import policy_for_kernel
 
 __all__ = ["GoldenKernel", "kernel_policy", "load_golden", "record_golden"]
 
-#: the model policy a kernel is compared with, by release prefix
-_POLICY_BY_PREFIX = (("7.2.", "linux-7.2"),)
-
-
 def kernel_policy(kernel: str) -> str:
-    """The model policy that describes ``kernel`` (``uname -r``): ``linux-7.2`` for
-    7.2.x, else ``legacy`` (kernels before mTHP collapse, like the 6.18 host)."""
-    for prefix, policy in _POLICY_BY_PREFIX:
-        if kernel.startswith(prefix):
-            return policy
-    return "legacy"
+    """The model policy a golden kernel is compared with
+    (:func:`thpsim.mm.policies.policy_for_kernel`)."""
+    return policy_for_kernel(kernel)
 
 
 class GoldenKernel:

@@ -16,7 +16,7 @@ from thpsim.mm.policies.legacy import LegacyPolicy
 from thpsim.mm.policies.linux_7_2 import Linux72Policy
 from thpsim.mm.policies.v11 import V11Policy
 
-__all__ = ["POLICY_CLASSES", "CollapsePolicy", "get_policy"]
+__all__ = ["POLICY_CLASSES", "CollapsePolicy", "get_policy", "policy_for_kernel"]
 
 POLICY_CLASSES: dict[str, type[CollapsePolicy]] = {
     "legacy": LegacyPolicy,
@@ -32,3 +32,10 @@ def get_policy(name: str) -> CollapsePolicy:
     except KeyError:
         choices = ", ".join(POLICY_CLASSES)
         raise ValueError(f"unknown policy {name!r} (choose from {choices})") from None
+
+
+def policy_for_kernel(release: str) -> str:
+    """The policy that models a kernel release (``uname -r``): ``linux-7.2`` for 7.2.x,
+    else ``legacy`` (kernels before mTHP collapse, like the 6.18 host).  Later releases
+    are not modelled yet and get ``legacy`` too."""
+    return "linux-7.2" if release.startswith("7.2.") else "legacy"
