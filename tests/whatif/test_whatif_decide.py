@@ -29,10 +29,21 @@ def test_chunked_decision_is_the_same(seed):
 
 
 @settings(max_examples=200, deadline=None)
-@given(bits=st.lists(st.booleans(), min_size=32, max_size=32))
-def test_block_word_tricks(bits):
-    m = np.array(bits, dtype=bool).reshape(2, 16)
-    blocks = m.reshape(2, 4, 4)
-    assert (decide._count4(m) == blocks.sum(axis=2)).all()
-    want = np.where(blocks.any(axis=2), blocks.argmax(axis=2), 4)
-    assert (decide._first4(m) == want).all()
+@given(bits=st.lists(st.booleans(), min_size=2 * 512, max_size=2 * 512),
+       density=st.sampled_from([0.0, 0.05, 0.5, 1.0]), k=st.integers(2, 9))
+def test_block_bit_tricks(bits, density, k):
+    """Counts and first set pages of every 2**k block from the packed bits equal the
+    byte rows' (``density`` thins the drawn bits so that empty words occur)."""
+    raw = np.array(bits, dtype=bool).reshape(2, 512)
+    if density == 0:
+        m = np.zeros_like(raw)
+    elif density < 1:
+        m = raw & (np.arange(512) % round(1 / density) == 0)
+    else:
+        m = raw
+    n = 1 << k
+    blocks = m.reshape(2, -1, n)
+    packed = decide._pack(m)
+    assert (decide._block_count(packed, k) == blocks.sum(axis=2)).all()
+    want = np.where(blocks.any(axis=2), blocks.argmax(axis=2), n)
+    assert (decide._block_first(packed, k) == want).all()

@@ -62,6 +62,17 @@ def _windows(snap, a):
     raise AssertionError("region not captured")
 
 
+def _only_vma(snap, a):
+    """``snap`` cut down to the VMA holding ``a``, marked ``hg`` instead of ``nh``."""
+    off = snap.vma_offsets()
+    (i,) = [i for i, v in enumerate(snap.vmas) if v.start <= a < v.end]
+    cols = {c: getattr(snap, c)[off[i] : off[i + 1]].copy() for c in snap.COLUMNS}
+    vma = dataclasses.replace(snap.vmas[i], flags=snap.vmas[i].flags.replace("nh", "hg"))
+    out = dataclasses.replace(snap, vmas=[vma], **cols)
+    out.validate()
+    return out
+
+
 def _full_scans() -> int:
     with open("/sys/kernel/mm/transparent_hugepage/khugepaged/full_scans") as f:
         return int(f.read())
@@ -87,10 +98,9 @@ def test_whatif_legacy_predicts_the_host_khugepaged(thp):  # noqa: F811
             before = capture(pid)
             pm0, pr0 = _windows(before, a)
             assert not pm0.any() and pr0.tolist() == list(COUNTS)
-            # the snapshot as the child's MADV_HUGEPAGE is about to make it
-            vmas = [dataclasses.replace(v, flags=v.flags.replace("nh", "hg"))
-                    if v.start <= a < v.end else v for v in before.vmas]
-            about = dataclasses.replace(before, vmas=vmas)
+            # the region's VMA alone (the forked child also holds whatever pytest had
+            # mapped), as the child's MADV_HUGEPAGE is about to make it
+            about = _only_vma(before, a)
             combo = Combo.of("legacy", {"khugepaged/max_ptes_none": "256"})
             (pred,) = whatif(about, [combo])
             assert pred.registered

@@ -139,23 +139,49 @@ def _nth_index(mask: np.ndarray, limit: int) -> np.ndarray:
     return np.argmax(np.cumsum(mask, axis=1, dtype=np.int32) > limit, axis=1)
 
 
-def _count4(mask: np.ndarray) -> np.ndarray:
-    """Per row, True count of every 4-column block (a block's four bool bytes read as
-    one 32-bit word; multiplying by 0x01010101 sums the bytes into the top byte)."""
-    r, nr = mask.shape
-    words = np.ascontiguousarray(mask).view(np.uint32).reshape(r, nr // 4)
-    return ((words * np.uint32(0x01010101)) >> np.uint32(24)).astype(np.int16)
+def _pack(mask: np.ndarray) -> np.ndarray:
+    """Rows of ``mask`` as bits: column ``c`` is bit ``c % 8`` of byte ``c // 8``."""
+    return np.packbits(mask, axis=1, bitorder="little")
 
 
-def _first4(mask: np.ndarray) -> np.ndarray:
-    """Per row, index (0-3) of the first True in every 4-column block, 4 if none (the
-    lowest set byte of the block's 32-bit little-endian word)."""
-    r, nr = mask.shape
-    w = np.ascontiguousarray(mask).view(np.uint32).reshape(r, nr // 4)
-    low = w & (~w + np.uint32(1))
-    first = ((low >= 1 << 8).astype(np.int16) + (low >= 1 << 16) + (low >= 1 << 24))
-    return np.where(w == 0, np.int16(4), first)
+_WORD = {3: np.uint8, 4: np.uint16, 5: np.uint32, 6: np.uint64}
 
+
+def _block_words(packed: np.ndarray, k: int) -> np.ndarray:
+    """The bits of every ``2**k``-page block: ``(r, blocks)`` words for ``k <= 6``,
+    ``(r, blocks, 2**(k-6))`` 64-bit words above (little-endian: page ``i`` of a
+    block is bit ``i`` of its word)."""
+    r = packed.shape[0]
+    if k == 2:  # two 4-bit blocks per byte
+        return np.stack((packed & np.uint8(0xF), packed >> np.uint8(4)), axis=2).reshape(r, -1)
+    if k in _WORD:
+        return np.ascontiguousarray(packed).view(_WORD[k])
+    return np.ascontiguousarray(packed).view(np.uint64).reshape(r, -1, 1 << (k - 6))
+
+
+def _block_count(packed: np.ndarray, k: int) -> np.ndarray:
+    """Set bits per ``2**k``-page block (int16)."""
+    c = np.bitwise_count(_block_words(packed, k))
+    return (c if k <= 6 else c.sum(axis=2, dtype=np.int16)).astype(np.int16)
+
+
+def _first_set(w: np.ndarray, none: int) -> np.ndarray:
+    """Index of the lowest set bit of each word, ``none`` for a zero word: the bits
+    below the lowest set bit are exactly those of ``(w & -w) - 1``."""
+    one = w.dtype.type(1)
+    low = w & (~w + one)
+    return np.where(w == 0, np.int16(none), np.bitwise_count(low - one).astype(np.int16))
+
+
+def _block_first(packed: np.ndarray, k: int) -> np.ndarray:
+    """Per ``2**k``-page block, the index of its first set page, ``2**k`` if none."""
+    n = 1 << k
+    w = _block_words(packed, k)
+    if k <= 6:
+        return _first_set(w, n)
+    # a zero word must lose to any set bit of a later word
+    per = _first_set(w, 32767).astype(np.int32) + 64 * np.arange(w.shape[2], dtype=np.int32)
+    return np.minimum(per.min(axis=2), n).astype(np.int16)
 
 
 def decide_windows(kind: np.ndarray, order: np.ndarray, shared: np.ndarray,
@@ -199,14 +225,21 @@ def decide_windows(kind: np.ndarray, order: np.ndarray, shared: np.ndarray,
     examined[huge | empty] = 1
     tab = np.flatnonzero(~huge & ~empty)
     atts: list[tuple[np.ndarray, ...]] = []
+    single_order = True  # the walk attempted at most one order
     if tab.size:
         # counts on the whole block (no gathers: a comparison and a count per kind
         # run at memory speed); a PMD-level window counts nothing and is masked
-        n_pr = np.count_nonzero(kind == K_PRESENT, axis=1)[tab]
-        n_sw = np.count_nonzero(kind == K_SWAP, axis=1)[tab]
+        # present and swap as bit rows: counts (and the walk's block statistics) on
+        # 64-page words instead of bytes
+        is_pr = kind == K_PRESENT
+        pk_pr = _pack(is_pr)
+        pk_sw = _pack(kind == K_SWAP)
+        n_pr = _block_count(pk_pr, p.pmd_order)[:, 0][tab].astype(np.int64)
+        n_sw = _block_count(pk_sw, p.pmd_order)[:, 0][tab].astype(np.int64)
         n_nz = nr - n_pr - n_sw  # a table row holds none, zero, present or swap
-        n_sh = (np.count_nonzero(shared, axis=1)[tab] if shared.any()
-                else np.zeros(tab.size, dtype=np.int64))
+        pk_shared = _pack(shared) if shared.any() else None
+        n_sh = (_block_count(pk_shared, p.pmd_order)[:, 0][tab].astype(np.int64)
+                if pk_shared is not None else np.zeros(tab.size, dtype=np.int64))
         idx = np.full(tab.size, nr, dtype=np.int64)
         why = np.full(tab.size, R_SUCCEED, dtype=np.int8)
         for count, limit, code in ((n_nz, p.scan_none_limit(), R_NONE),
@@ -250,10 +283,10 @@ def decide_windows(kind: np.ndarray, order: np.ndarray, shared: np.ndarray,
         walk = np.flatnonzero(ok & ~pmd_try) if mthp else np.zeros(0, dtype=np.int64)
         if walk.size:
             rows = tab[walk]
-            k = kind[rows]
-            pr = k == K_PRESENT
-            wres, wcplx, watts = _mthp_walk(pr, k == K_SWAP, shared[rows] & pr, order[rows],
-                                            mthp, p)
+            sel = slice(None) if rows.size == n else rows  # all walk: views, no gathers
+            pk_sh = pk_shared[sel] & pk_pr[sel] if pk_shared is not None else None
+            wres, wcplx, watts, single_order = _mthp_walk(pk_pr[sel], pk_sw[sel], pk_sh, is_pr[sel],
+                                            order[sel], mthp, p)
             res[walk] = wres
             cplx[rows] = wcplx
             ww, wo, woff, wr, wp = watts
@@ -264,86 +297,84 @@ def decide_windows(kind: np.ndarray, order: np.ndarray, shared: np.ndarray,
     else:
         cols = [np.zeros(0, dtype=np.int64)] * 6
     win, o, off = cols[0].astype(np.int64), cols[1].astype(np.int8), cols[2].astype(np.int32)
-    perm = np.lexsort((-o.astype(np.int64), off, win))  # the walk is pre-order, left first
+    if single_order:
+        # each part is already in (window, offset) order and the parts have no window
+        # in common: a stable sort by window merges them (timsort: two runs, linear)
+        perm = np.argsort(win, kind="stable")
+    else:
+        perm = np.lexsort((-o.astype(np.int64), off, win))  # the walk is pre-order, left first
     return Decision(result, examined, cplx, win[perm], o[perm], off[perm],
                     cols[3].astype(np.int8)[perm], cols[4].astype(np.int32)[perm],
                     cols[5].astype(np.int32)[perm])
 
 
-def _mthp_walk(pr: np.ndarray, sw: np.ndarray, sh: np.ndarray, order: np.ndarray, mthp: int,
-               p: DecideParams):
+def _mthp_walk(pk_pr: np.ndarray, pk_sw: np.ndarray, pk_sh: np.ndarray | None,
+               pr: np.ndarray, order: np.ndarray, mthp: int, p: DecideParams):
     """The order walk below the PMD order for windows whose scan succeeded and that
     make no PMD attempt.  Both mTHP policies visit a block iff no ancestor block
     collapsed or stopped the descent (v11's depth-first stack and 7.2's linear walk
-    visit the same blocks in the same pre-order)."""
+    visit the same blocks in the same pre-order).
+
+    ``pk_*`` are the windows' present, swap and shared-present pages as bit rows
+    (:func:`_pack`); ``pr`` and ``order`` the byte rows (for the few LRU-batch
+    checks and the largest folio order per block)."""
     r, nr = pr.shape
-    big_idx = nr + 1
-    lowered = np.ones((r, 1), dtype=bool)
-    large = pr & (order > 0)
     cplx = np.zeros(r, dtype=bool)
     got: list[tuple[np.ndarray, ...]] = []
     order_first = p.policy == "v11"  # isolate: order check before the shared check
-    # per-order block statistics, built bottom-up from 4-page blocks: present count,
-    # swap count, first shared page (absolute column; big_idx when none)
-    lowest = 2
-    pos = np.arange(nr, dtype=np.int16)
-    stats = {}
-    cnt = _count4(pr)
-    swc = _count4(sw)
-    start4 = pos[:: 1 << lowest][None, :]
-    fsh = np.full((r, nr >> lowest), big_idx, dtype=np.int16)
-    if sh.any():
-        f4 = _first4(sh)
-        fsh = np.where(f4 < 4, start4 + f4, fsh).astype(np.int16)
-    # a folio of order >= k meeting an order-k block covers it (folios are aligned),
-    # so the block's first page of such a folio is its first present page
-    maxo = np.maximum(np.maximum(order[:, 0::4], order[:, 1::4]),
-                      np.maximum(order[:, 2::4], order[:, 3::4]))
-    f4 = _first4(pr)
-    fpr = np.where(f4 < 4, start4 + f4, big_idx).astype(np.int16)
-    for k in range(lowest, p.pmd_order):
-        stats[k] = (cnt, swc, fsh, maxo, fpr)
-        cnt = cnt[:, 0::2] + cnt[:, 1::2]
-        swc = swc[:, 0::2] + swc[:, 1::2]
-        fsh = np.minimum(fsh[:, 0::2], fsh[:, 1::2])
-        maxo = np.maximum(maxo[:, 0::2], maxo[:, 1::2])
-        fpr = np.minimum(fpr[:, 0::2], fpr[:, 1::2])
+    # blocks the walk still descends into, at order `lowered_k` (None: all of them)
+    lowered: np.ndarray | None = None
+    lowered_k = p.pmd_order
+    # the largest folio order meeting each block, bottom-up from 4-page blocks: a folio
+    # of order >= k meeting an order-k block covers it (folios are aligned), so the
+    # block's first page of such a folio is its first present page
+    maxo = {2: np.maximum(np.maximum(order[:, 0::4], order[:, 1::4]),
+                          np.maximum(order[:, 2::4], order[:, 3::4]))}
+    for k in range(3, p.pmd_order):
+        maxo[k] = np.maximum(maxo[k - 1][:, 0::2], maxo[k - 1][:, 1::2])
     for k in range(p.pmd_order - 1, 1, -1):
         n = 1 << k
-        visited = np.repeat(lowered, 2, axis=1)
-        cnt, swc, fsh_abs, maxo, fpr = stats[k]
-        if mthp & (1 << k):
-            att = visited & (cnt >= n - p.mthp_max_none(k))
-        else:
-            att = np.zeros(visited.shape, dtype=bool)
-        if not att.any():
-            lowered = visited
+        if not mthp & (1 << k):
             if not (mthp & ((1 << k) - 1)):
                 break
             continue
-        nb = nr // n
-        starts = (np.arange(nb, dtype=np.int16) * n)[None, :]
-        swp = swc > 0
-        fsh = np.where(fsh_abs < big_idx, fsh_abs - starts, big_idx)
-        fbig = np.where(maxo >= k, fpr - starts, big_idx)
+        cnt = _block_count(pk_pr, k)
+        att = cnt >= n - p.mthp_max_none(k)
+        visited = None
+        if lowered is not None:
+            visited = np.repeat(lowered, 1 << (lowered_k - k), axis=1)
+            att &= visited
+        if not att.any():
+            continue
+        swp = _block_count(pk_sw, k) > 0
+        # first shared page and first page of a folio of order >= k, n if none
+        fsh = (_block_first(pk_sh, k) if pk_sh is not None
+               else np.full(cnt.shape, n, dtype=np.int16))
+        fbig = np.where(maxo[k] >= k, _block_first(pk_pr, k), np.int16(n))
         fail = np.minimum(fsh, fbig)
-        is_shared = (fsh < fbig) | ((fsh == fbig) & ~order_first)
+        is_shared = (fsh < fbig) | ((fsh == fbig) & (not order_first))
         failed = att & ~swp & (fail < n)
         success = att & ~swp & ~failed
         mapped = failed & ~is_shared
-        resk = np.where(swp, R_SWAP, np.where(success, R_SUCCEED,
-                                              np.where(mapped, R_MAPPED, R_SHARED)))
+
         # isolated order-0 pages left in the LRU batch (no large folio to flush it)
         rows, blocks = np.nonzero(failed & (fail > 0))
         if rows.size:
             lo = blocks * n
             hi = lo + fail[rows, blocks]
             cols = np.arange(nr)[None, :]
-            released = large[rows] & (cols >= lo[:, None]) & (cols < hi[:, None])
+            large = pr[rows] & (order[rows] > 0)
+            released = large & (cols >= lo[:, None]) & (cols < hi[:, None])
             cplx[rows[~released.any(axis=1)]] = True
-        lowered = visited & ~(success | mapped)
+        stop = success | mapped
+        lowered = ~stop if visited is None else visited & ~stop
+        lowered_k = k
         rr, bb = np.nonzero(att)
-        got.append((rr, np.full(rr.size, k), bb * n, resk[rr, bb], cnt[rr, bb]))
+        # results only where attempted (a fraction of all blocks)
+        a_swp, a_ok, a_map = swp[rr, bb], success[rr, bb], mapped[rr, bb]
+        resk = np.where(a_swp, R_SWAP, np.where(a_ok, R_SUCCEED,
+                                                np.where(a_map, R_MAPPED, R_SHARED)))
+        got.append((rr, np.full(rr.size, k), bb * n, resk, cnt[rr, bb]))
     if got:
         ww, wo, woff, wr, wp = (np.concatenate([g[i] for g in got]) for i in range(5))
     else:
@@ -361,4 +392,4 @@ def _mthp_walk(pr: np.ndarray, sw: np.ndarray, sh: np.ndarray, order: np.ndarray
                 last = retry[key == best[ww[retry]]]
                 res[ww[last]] = wr[last]
         res[ww[wr == R_SUCCEED]] = R_SUCCEED
-    return res, cplx, (ww, wo, woff, wr, wp)
+    return res, cplx, (ww, wo, woff, wr, wp), len(got) <= 1
