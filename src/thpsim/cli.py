@@ -11,7 +11,7 @@ import json
 import sys as _sys
 
 from thpsim import __version__
-from thpsim.commands import UsageError, write_atomic
+from thpsim.commands import UsageError, parse_settings, write_atomic
 from thpsim.host.errors import HostUnavailable, ProcessGone
 from thpsim.mm.settings import POLICIES
 from thpsim.system import DEFAULT_POLICY, System
@@ -20,14 +20,11 @@ __all__ = ["UsageError", "main", "write_atomic"]
 
 
 def _apply_settings(sys_: System, pairs: list[str]) -> None:
-    for pair in pairs:
-        if "=" not in pair:
-            raise UsageError(f"--settings {pair!r}: expected PATH=VALUE")
-        path, value = pair.split("=", 1)
+    for path, value in parse_settings(pairs).items():
         try:
             sys_.settings.write(path, value)
         except OSError as e:
-            raise UsageError(f"--settings {pair!r}: {e.strerror or e}") from None
+            raise UsageError(f"--settings {path}={value}: {e.strerror or e}") from None
 
 
 # --- layout -------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from thpsim.mm.policies import policy_for_kernel
 from thpsim.scenario import diff_scenario, load_scenario, run_scenario
-from thpsim.scenario.golden import kernel_policy, load_golden, record_golden
+from thpsim.scenario.golden import load_golden, record_golden
 
 CORPUS = Path(__file__).resolve().parents[1] / "scenarios"
 GOLDEN = CORPUS / "golden"
@@ -54,9 +55,9 @@ def test_model_equals_golden(kernel, path):
                                  f"{kernel.policy}:\n" + "\n".join(rep.differences))
 
 
-def test_kernel_policy():
-    assert kernel_policy("7.2.13+deb14-cloud-amd64") == "linux-7.2"
-    assert kernel_policy("6.18.5-cloud-amd64") == "legacy"
+def test_policy_for_kernel():
+    assert policy_for_kernel("7.2.13+deb14-cloud-amd64") == "linux-7.2"
+    assert policy_for_kernel("6.18.5-cloud-amd64") == "legacy"
 
 
 def test_record_and_load_round_trip(tmp_path):

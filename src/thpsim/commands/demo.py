@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from thpsim.commands import UsageError
+from thpsim.commands import UsageError, positive_float
 
 __all__ = ["DEMO_POLICIES", "DEMO_PTES_NONE", "DEMO_WORKLOAD", "cmd_demo", "demo_cells",
            "register"]
@@ -20,16 +20,6 @@ DEMO_PTES_NONE = (511, 0)
 DEMO_DURATION_S = 300.0
 
 
-def _positive_float(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {v!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {v!r}")
-    return x
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="a bundled workload under legacy, v11 and linux-7.2, side by side",
@@ -38,7 +28,7 @@ def register(subparsers) -> None:
                     "write an HTML report.")
     p.add_argument("--report", default="thpsim-demo-report", metavar="DIR",
                    help="report directory (default: %(default)s)")
-    p.add_argument("--duration", type=_positive_float, default=DEMO_DURATION_S,
+    p.add_argument("--duration", type=positive_float, default=DEMO_DURATION_S,
                    metavar="SECONDS", help="simulated seconds per run (default: %(default)g)")
     p.add_argument("--workload", default=DEMO_WORKLOAD,
                    help="workload to run (default: %(default)s; see thpsim simulate)")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from thpsim.commands import UsageError
+from thpsim.commands import UsageError, parse_pairs, parse_settings
 
 __all__ = ["register"]
 
@@ -45,16 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_simulate)
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _list() -> int:
     from thpsim.workloads import WORKLOADS
 
@@ -75,8 +65,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return _list()
     if not args.workload:
         raise UsageError("simulate: give a WORKLOAD (see thpsim simulate --list)")
-    params = _pairs(args.param, "--param")
-    settings = _pairs(args.settings, "--settings")
+    params = parse_pairs(args.param, "--param")
+    settings = parse_settings(args.settings)
     try:
         wl = make_workload(args.workload, params)
         bar = _Bar(enabled=not args.no_progress and not args.json and sys.stderr.isatty())

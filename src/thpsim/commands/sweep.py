@@ -5,19 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from thpsim.commands import UsageError
+from thpsim.commands import UsageError, positive_int
 
 __all__ = ["cmd_sweep", "register"]
-
-
-def _positive(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    return n
 
 
 def register(subparsers) -> None:
@@ -28,7 +18,7 @@ def register(subparsers) -> None:
                     "output directory skips finished cells.  Exit 1 if any cell failed.")
     p.add_argument("grid", help="grid file (TOML, docs/sweeps.md)")
     p.add_argument("-o", "--out", help="output directory (default: GRID name + '-sweep')")
-    p.add_argument("--jobs", type=_positive, help="local worker processes (default: CPUs)")
+    p.add_argument("--jobs", type=positive_int, help="local worker processes (default: CPUs)")
     p.add_argument("--scheduler", metavar="ADDR",
                    help="Dask scheduler address (tcp://HOST:PORT): run the cells there")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -7,13 +7,11 @@ import itertools
 import os
 import shutil
 
-from thpsim.commands import UsageError, write_atomic
+from thpsim.commands import UsageError, parse_settings, write_atomic
 
-__all__ = ["cmd_whatif", "parse_settings", "register"]
+__all__ = ["cmd_whatif", "register"]
 
 POLICY_NAMES = ("v11", "linux-7.2", "legacy")
-_KHUGEPAGED_KNOBS = ("defrag", "max_ptes_none", "max_ptes_swap", "max_ptes_shared",
-                     "pages_to_scan", "scan_sleep_millisecs", "alloc_sleep_millisecs")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,22 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (schema in docs/whatif.md)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE")
     p.set_defaults(func=cmd_whatif)
-
-
-def parse_settings(tokens: list[str]) -> dict[str, str]:
-    """``K=V`` tokens (also comma separated) to sysfs paths and values."""
-    out: dict[str, str] = {}
-    for tok in (t for token in tokens for t in token.split(",") if t):
-        if "=" not in tok:
-            raise UsageError(f"--settings {tok!r}: expected KEY=VALUE")
-        k, v = tok.split("=", 1)
-        k = k.strip().removeprefix("/sys/kernel/mm/transparent_hugepage/")
-        if k in _KHUGEPAGED_KNOBS:
-            k = f"khugepaged/{k}"
-        elif k.lower().endswith("kb") and k[:-2].isdigit():
-            k = f"hugepages-{k[:-2]}kB/enabled"
-        out[k] = v.strip()
-    return out
 
 
 def _load(args):

@@ -25,13 +25,7 @@ from thpsim import __version__
 from thpsim.commands import write_atomic
 from thpsim.mm.policies import policy_for_kernel
 
-__all__ = ["GoldenKernel", "kernel_policy", "load_golden", "record_golden"]
-
-def kernel_policy(kernel: str) -> str:
-    """The model policy a golden kernel is compared with
-    (:func:`thpsim.mm.policies.policy_for_kernel`)."""
-    return policy_for_kernel(kernel)
-
+__all__ = ["GoldenKernel", "load_golden", "record_golden"]
 
 class GoldenKernel:
     """The golden documents of one kernel (see the module docstring)."""
@@ -51,8 +45,7 @@ class GoldenKernel:
 
 
 def _clean(doc: dict) -> dict:
-    out = {k: v for k, v in doc.items() if k not in ("dmesg", "trace")}
-    return out
+    return {k: v for k, v in doc.items() if k not in ("dmesg", "trace")}
 
 
 def record_golden(docs: list[dict], directory: str | Path, note: str = "") -> Path:
@@ -86,7 +79,7 @@ def record_golden(docs: list[dict], directory: str | Path, note: str = "") -> Pa
     kernel = kernels.pop()
     kdir = Path(directory) / kernel
     kdir.mkdir(parents=True, exist_ok=True)
-    meta = {"kernel": kernel, "executor": docs[0]["executor"], "policy": kernel_policy(kernel),
+    meta = {"kernel": kernel, "executor": docs[0]["executor"], "policy": policy_for_kernel(kernel),
             "recorded": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "thpsim": __version__, "note": note}
     for d in docs:
