@@ -40,6 +40,7 @@ __all__ = [
     "Munmap",
     "Pageout",
     "Param",
+    "RangeEvent",
     "Touch",
     "Workload",
     "WorkloadError",
@@ -91,9 +92,9 @@ class Brk(Event):
 
 
 @dataclass(kw_only=True, slots=True)
-class Munmap(Event):
-    """``munmap`` of ``[offset, offset+length)`` of a region (``length`` None: to its end;
-    unmapping the whole region forgets it)."""
+class RangeEvent(Event):
+    """Base of the events on ``[offset, offset+length)`` of a region (``length`` None: to
+    the region's end)."""
 
     region: str
     offset: int = 0
@@ -101,44 +102,36 @@ class Munmap(Event):
 
 
 @dataclass(kw_only=True, slots=True)
-class Mprotect(Event):
+class Munmap(RangeEvent):
+    """``munmap`` of part of a region (unmapping the whole region forgets it)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class Mprotect(RangeEvent):
     """``mprotect`` of part of a region (e.g. a guard page with ``prot="none"``)."""
 
-    region: str
-    offset: int = 0
-    length: int | None = None
     prot: str = "none"
 
 
 @dataclass(kw_only=True, slots=True)
-class Touch(Event):
-    """Accesses: every page of ``[offset, offset+length)``, or the pages at the page
-    offsets ``pages`` (relative to ``offset``), read or write."""
+class Touch(RangeEvent):
+    """Accesses: every page of the range, or the pages at the page offsets ``pages``
+    (relative to ``offset``), read or write."""
 
-    region: str
-    offset: int = 0
-    length: int | None = None
     pages: np.ndarray | None = None
     write: bool = True
 
 
 @dataclass(kw_only=True, slots=True)
-class Madvise(Event):
+class Madvise(RangeEvent):
     """``madvise(advice)`` over part of a region (``"dontneed"``, ``"free"``, ...)."""
 
-    region: str
     advice: str
-    offset: int = 0
-    length: int | None = None
 
 
 @dataclass(kw_only=True, slots=True)
-class Pageout(Event):
+class Pageout(RangeEvent):
     """Reclaim of part of a region (``MADV_PAGEOUT``; needs swap for anon pages)."""
-
-    region: str
-    offset: int = 0
-    length: int | None = None
 
 
 @dataclass(kw_only=True, slots=True)
