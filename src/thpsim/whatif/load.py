@@ -61,7 +61,7 @@ from thpsim.whatif.layout import (
 if TYPE_CHECKING:
     from thpsim.process import Process
 
-__all__ = ["load_snapshot_into_model", "model_settings", "vma_flags"]
+__all__ = ["load_snapshot_into_model", "model_settings", "settings_notes", "vma_flags"]
 
 _FLAG_BITS = {"rd": VM_READ, "wr": VM_WRITE, "hg": VM_HUGEPAGE, "nh": VM_NOHUGEPAGE,
               "lo": VM_LOCKED, "um": VM_UFFD_MISSING, "uw": VM_UFFD_WP, "ui": VM_UFFD_MINOR,
@@ -77,15 +77,9 @@ def vma_flags(vma: SnapshotVma) -> int:
     return out
 
 
-def model_settings(snap: Snapshot, overrides: Mapping[str, str] | None,
-                   sys: System) -> list[str]:
-    """Apply the snapshot's THP settings, then ``overrides``, to ``sys``.
-
-    Snapshot keys the model does not have are skipped (returned as notes); a bad
-    override raises ``ValueError`` naming the key.
-    """
-    s = sys.settings
-    writable = set(s.writable_paths())
+def _split_settings(snap: Snapshot, sys: System) -> tuple[dict[str, str], list[str]]:
+    """The snapshot's settings the model has (relative paths), and a note on the rest."""
+    writable = set(sys.settings.writable_paths())
     skipped = []
     base = {}
     for k, v in snap.settings.items():
@@ -97,6 +91,23 @@ def model_settings(snap: Snapshot, overrides: Mapping[str, str] | None,
     notes = [f"{len(skipped)} snapshot setting(s) the model does not have were ignored "
              f"({', '.join(sorted(skipped)[:3])}{', ...' if len(skipped) > 3 else ''})"
              ] if skipped else []
+    return base, notes
+
+
+def settings_notes(snap: Snapshot, sys: System) -> list[str]:
+    """What :func:`model_settings` skips of ``snap``'s settings on ``sys``, as notes."""
+    return _split_settings(snap, sys)[1]
+
+
+def model_settings(snap: Snapshot, overrides: Mapping[str, str] | None,
+                   sys: System) -> list[str]:
+    """Apply the snapshot's THP settings, then ``overrides``, to ``sys``.
+
+    Snapshot keys the model does not have are skipped (returned as notes); a bad
+    override raises ``ValueError`` naming the key.
+    """
+    s = sys.settings
+    base, notes = _split_settings(snap, sys)
     try:
         s.apply(base)
     except OSError as e:
@@ -141,8 +152,8 @@ def load_snapshot_into_model(snap: Snapshot, policy: str,
     Returns
     -------
     (System, Process)
-        The machine (``System.check()`` passes) and the snapshot's process; the
-        machine's ``whatif_notes`` lists snapshot settings the model skipped.
+        The machine (``System.check()`` passes) and the snapshot's process
+        (:func:`settings_notes` tells which snapshot settings the model skipped).
 
     Raises
     ------
@@ -157,7 +168,7 @@ def load_snapshot_into_model(snap: Snapshot, policy: str,
     mem = _memory_pages(ld, nr, g.max_page_order)
     sys = System(memory=mem * g.page_size, page_size=g.page_size, policy=policy,
                  swap=(n_swap + 16) * g.page_size if n_swap else None)
-    sys.whatif_notes = model_settings(snap, settings, sys)
+    model_settings(snap, settings, sys)
     proc = sys.spawn(snap.comm or "main")
     mm = proc.mm
     offs = snap.vma_offsets()

@@ -12,7 +12,7 @@ from thpsim.snapshot.core import Snapshot
 from thpsim.system import System
 from thpsim.whatif.common import MAX_SCANS, Combo, WhatIfResult, idle_result, metrics_of
 from thpsim.whatif.layout import K_HUGE, K_HZERO, K_NONE, K_PRESENT, K_SWAP, K_ZERO, Loaded
-from thpsim.whatif.load import load_snapshot_into_model
+from thpsim.whatif.load import load_snapshot_into_model, settings_notes
 
 __all__ = ["read_back", "run_model"]
 
@@ -63,7 +63,7 @@ def run_model(snap: Snapshot, ld: Loaded, combo: Combo, scans: int | None,
     g = geometry_for(snap.page_size)
     nr = g.hpage_pmd_nr
     sys, proc = load_snapshot_into_model(snap, combo.policy, dict(combo.settings), layout=ld)
-    notes = list(getattr(sys, "whatif_notes", []))
+    notes = settings_notes(snap, sys)
     s = sys.settings
     kh = sys.khugepaged
     if not kh.mm_slots or not kh.hugepage_enabled():
