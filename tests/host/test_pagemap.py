@@ -15,6 +15,7 @@ from thpsim.host import pagemap as pm
 from thpsim.host.errors import HostBusy, HostUnavailable, ProcessGone
 from thpsim.host.swap import zram_swap
 from thpsim.host.thp_sysfs import host_thp_settings, model_defaults
+from thpsim.scenario.host_worker import libc
 
 from .conftest import skip_or_fail
 
@@ -28,13 +29,7 @@ PROT_READ, PROT_WRITE = 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT = 14, 15, 21
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc = libc()  # mmap/madvise/mprotect/munmap prototypes, as the scenario worker's
 
 
 def _check(rc: int, what: str) -> None:

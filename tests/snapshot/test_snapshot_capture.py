@@ -13,6 +13,7 @@ import pytest
 from tests.host.conftest import _host_reason
 from tests.oracle import skip_or_fail
 from thpsim.host.errors import HostUnavailable, ProcessGone
+from thpsim.scenario.host_worker import libc
 from thpsim.snapshot.capture import capture
 from thpsim.snapshot.core import HUGE_ZERO, NONE, PRESENT, ZERO, Snapshot
 
@@ -21,12 +22,7 @@ PMD = 2 << 20
 NR = PMD // PAGE
 MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc = libc()  # mmap/madvise/mprotect/munmap prototypes, as the scenario worker's
 
 
 @pytest.fixture
