@@ -45,7 +45,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from thpsim.host.inspect import inspect
     from thpsim.host.thpmaps import cont_order
 
-    nr = pm._pmd_nr()
+    nr = pm.pmd_nr()
     try:
         orders = tuple(cont_order(c, page_size=pm.PAGE_SIZE, pmd_order=nr.bit_length() - 1)
                        for c in args.cont)

@@ -274,7 +274,7 @@ def occupancy(info: pm.PageInfo) -> dict[str, int]:
     zero = present & info.zero
     swap = ~present & (info.swap | info.guard)
     mapped = present & ~zero
-    shared = pm._folio_shared(info, mapped)
+    shared = pm.folio_shared(info, mapped)
     return {"present": int(mapped.sum()), "none": int((~present & ~swap).sum()),
             "zero": int(zero.sum()), "swap": int(swap.sum()), "shared": int(shared.sum())}
 
@@ -331,7 +331,7 @@ def inspect_process(pid: int, *, cont_orders: tuple[int, ...] = (), pmds: bool =
     """
     comm = pm.comm(pid)
     thp_off = _thp_disabled(pid)
-    nr = pm._pmd_nr()
+    nr = pm.pmd_nr()
     pmd_order = nr.bit_length() - 1
     ps = pm.PAGE_SIZE
     out = ProcessReport(pid, comm)

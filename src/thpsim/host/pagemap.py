@@ -50,8 +50,10 @@ __all__ = [
     "PageInfo",
     "Vma",
     "comm",
+    "folio_shared",
     "host_layout",
     "pmd_mapped_ranges",
+    "pmd_nr",
     "read_range",
     "vmas",
 ]
@@ -96,7 +98,8 @@ _MAX_WINDOWS = 4096  # kpageflags windows held in memory at once (16 MiB)
 _MAX_EXTEND = 64  # extra kpageflags windows read to find far heads/ends
 
 
-def _pmd_nr() -> int:
+def pmd_nr() -> int:
+    """Base pages per PMD on this machine (``hpage_pmd_size``; 2 MiB if unreadable)."""
     try:
         with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
             return int(f.read()) // PAGE_SIZE
@@ -609,7 +612,7 @@ def read_range(pid: int, start: int, end: int, *, folios: bool = True,
 
     anon = kbit(KPF_ANON)
     if pmd_source == "smaps":
-        pmd_mapped = _smaps_pmd_guess(pid, start, order, head, pfn, anon, _pmd_nr())
+        pmd_mapped = _smaps_pmd_guess(pid, start, order, head, pfn, anon, pmd_nr())
     return PageInfo(
         pid=pid, start=start, end=end, entry=entry, present=present, swap=bit(PM_SWAP),
         exclusive=bit(PM_MMAP_EXCLUSIVE), uffd_wp=bit(PM_UFFD_WP), file=bit(PM_FILE),
@@ -643,7 +646,7 @@ def _kpagecount(pfns: np.ndarray) -> np.ndarray:
     return out
 
 
-def _folio_shared(info: PageInfo, mapped: np.ndarray) -> np.ndarray:
+def folio_shared(info: PageInfo, mapped: np.ndarray) -> np.ndarray:
     """Per page: is its folio maybe mapped by another process?
 
     khugepaged's view (``folio_maybe_mapped_shared``), as in the model: an
@@ -685,7 +688,7 @@ def host_layout(pid: int, start: int, end: int) -> Layout:
     PMD-mapped anonymous THP, ``f`` a non-anonymous page, ``x`` outside the range
     or outside any VMA (``?`` if the folio could not be resolved because the page
     changed while being read).  ``S`` marks pages whose folio is maybe mapped
-    by another process (khugepaged's view, see :func:`_folio_shared`).  Folio
+    by another process (khugepaged's view, see :func:`folio_shared`).  Folio
     entries ``[first_index, order, nr_mapped_in_this_pmd, pmd_mapped]`` are listed
     for anonymous folios only, like the model's.
 
@@ -699,7 +702,7 @@ def host_layout(pid: int, start: int, end: int) -> Layout:
     if os.geteuid() != 0:
         raise HostUnavailable("host_layout needs root: PFNs in pagemap and /proc/kpageflags "
                               "are root-only")
-    nr = _pmd_nr()
+    nr = pmd_nr()
     s = start // PAGE_SIZE
     e = -(-end // PAGE_SIZE)
     if e <= s:
@@ -731,7 +734,7 @@ def host_layout(pid: int, start: int, end: int) -> Layout:
     pic[known] = _CHARS[info.order[known]]
     pic[anon_pte & ~known] = ord("?")
     shared = np.full(total, ord("-"), dtype=np.uint8)
-    shared[_folio_shared(info, anon_pte | (pmd & ~zero & ~nonanon))] = ord("S")
+    shared[folio_shared(info, anon_pte | (pmd & ~zero & ~nonanon))] = ord("S")
     pic[~inside_all] = ord("x")
     shared[~inside_all] = ord("-")
 
